@@ -1,0 +1,13 @@
+"""tracetorch: spiking neural networks for PyTorch with a pure functional core.
+
+Three ways in, one engine: ``tt.functional`` (pure ``step(params, state, x)`` functions),
+populations (``torch.func.vmap`` over stacked params/states or whole models), and the object
+API ``tt.nn`` (layers, :class:`TTLayer`, :class:`TTModel`; also spelled ``tt.snn``).
+"""
+
+__version__ = "0.16.0"
+
+from . import functional, nn, snn, state
+from .nn import TTLayer, TTModel, functional_call
+
+__all__ = ["functional", "nn", "snn", "state", "TTLayer", "TTModel", "functional_call", "__version__"]

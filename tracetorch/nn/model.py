@@ -1,0 +1,100 @@
+"""TTModel: state management for a whole model, and the model-level pure call."""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from ..state import io, tree
+
+__all__ = ["TTModel", "functional_call"]
+
+
+class TTModel(nn.Module):
+    """An ``nn.Module`` whose methods reach every TTLayer inside it, however deep, exactly once.
+
+    Layers are found through submodules (``Sequential``, ``ModuleList``, ``ModuleDict``) and plain
+    Python lists, tuples, dicts and attributes (see :func:`tracetorch.state.named_layers`).
+    """
+
+    def tt_layers(self) -> list[tuple[str, Any]]:
+        """``[(path, layer), ...]`` for every TTLayer in the model."""
+        return tree.named_layers(self)
+
+    def zero_states(self) -> None:
+        """Forget every hidden state (each becomes ``None``, re-created lazily on the next call)."""
+        for _, layer in tree.named_layers(self):
+            layer.zero_states()
+
+    def detach_states(self) -> None:
+        """Cut the autograd graph behind every hidden state (values unchanged): truncated BPTT / online learning."""
+        for _, layer in tree.named_layers(self):
+            layer.detach_states()
+
+    def get_states(self) -> dict[str, Any]:
+        """The state tree ``{layer path: state NamedTuple or None}`` (live tensors)."""
+        return tree.get_states(self)
+
+    def set_states(self, states: dict[str, Any], strict: bool = True) -> None:
+        """Put a state tree back (validated first; nothing changes on error)."""
+        tree.set_states(self, states, strict)
+
+    def save_states(self, path: Union[str, Any] | None = None) -> dict[str, torch.Tensor]:
+        """Copies of every hidden state as ``{"net.1.mem": tensor}``; also written to ``path`` (``.pt``/``.safetensors``)."""
+        return io.save_states(self, path)
+
+    def load_states(self, src: Any, strict: bool = True) -> io.LoadResult:
+        """Load states from a path or dict; validated first, the model is unchanged on error."""
+        return io.load_states(self, src, strict)
+
+    def TTcompile(self) -> None:
+        """Freeze every layer's activated params into buffers for inference (idempotent)."""
+        for _, layer in tree.named_layers(self):
+            layer.TTcompile()
+
+    def TTuncompile(self) -> None:
+        """Undo :meth:`TTcompile`: the raw params, untouched all along, are used again (idempotent)."""
+        for _, layer in tree.named_layers(self):
+            layer.TTuncompile()
+
+
+def functional_call(
+    model: nn.Module,
+    params: dict[str, torch.Tensor] | None,
+    states: dict[str, Any] | None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """Call ``model`` as a pure function: ``(params, states, *args) -> (out, new_states)``.
+
+    Args:
+        model: any module containing TTLayers.
+        params: ``{name: tensor}`` replacing some or all params and buffers (as for
+            ``torch.func.functional_call``), or ``None`` for the model's own.
+        states: a state tree ``{layer path: state or None}`` as from ``get_states``; ``None``
+            (or a ``None`` entry) starts those layers from zero.
+
+    Returns:
+        ``(out, new_states)``. The model's own params and states are left exactly as they were,
+        so this runs under ``torch.func.vmap`` / ``grad`` (populations of whole models with
+        ``torch.func.stack_module_state``).
+    """
+    saved = tree.get_states(model)
+    layers = tree.named_layers(model)
+    try:
+        if states is None:
+            states = {}
+        for path, layer in layers:
+            value = states.get(path)
+            if value is None:
+                layer.zero_states()
+            else:
+                layer.state = value
+        out = torch.func.functional_call(model, params or {}, args, kwargs, strict=False)
+        new_states = {path: layer.state for path, layer in layers}
+    finally:
+        for path, layer in layers:
+            layer.state = saved[path]
+    return out, new_states

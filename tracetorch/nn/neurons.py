@@ -1,0 +1,130 @@
+"""The 28 neuron layers, generated from the functional specs with traceTorch 0.15's signatures.
+
+Every class is ``Cls(num_neurons, <params...>, dim=-1, <param>_rank=1..., learn_<param>=True...,
+spike_fn=sigmoid4x, quant_fn="bernoulli")`` (no ``spike_fn``/``quant_fn`` for the LI family),
+with the params in the spec's order: alphas, betas, gammas, thresholds, scales, rec weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..functional import neurons as core
+from ..functional.spikes import resolve_quantizer, sigmoid4x
+from .layer import TTLayer
+
+__all__ = ["NeuronLayer", "LAYERS", *core.NAMES]
+
+_P = inspect.Parameter
+
+
+def _signature(spec: core.NeuronSpec) -> inspect.Signature:
+    params = [_P("self", _P.POSITIONAL_OR_KEYWORD), _P("num_neurons", _P.POSITIONAL_OR_KEYWORD, annotation=int)]
+    params += [_P(p.name, _P.POSITIONAL_OR_KEYWORD, default=p.default) for p in spec.params]
+    params.append(_P("dim", _P.POSITIONAL_OR_KEYWORD, default=-1, annotation=int))
+    params += [_P(f"{p.name}_rank", _P.POSITIONAL_OR_KEYWORD, default=1, annotation=int) for p in spec.params]
+    params += [_P(f"learn_{p.name}", _P.POSITIONAL_OR_KEYWORD, default=True, annotation=bool) for p in spec.params]
+    if spec.fires:
+        params.append(_P("spike_fn", _P.POSITIONAL_OR_KEYWORD, default=sigmoid4x))
+        params.append(_P("quant_fn", _P.POSITIONAL_OR_KEYWORD, default="bernoulli"))
+    return inspect.Signature(params)
+
+
+class NeuronLayer(TTLayer):
+    """A built-in neuron layer: a :class:`TTLayer` whose step is the functional core's step for ``spec``."""
+
+    spec: core.NeuronSpec
+    _signature: inspect.Signature
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        cls = type(self)
+        try:
+            bound = cls._signature.bind(self, *args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{cls.__name__}: {err}; signature {cls.__name__}{cls.__signature__}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        super().__init__(a["num_neurons"], a["dim"])
+        for p in self.spec.params:
+            rank = a[f"{p.name}_rank"]
+            if isinstance(rank, bool) or rank not in (0, 1):
+                raise ValueError(
+                    f"{cls.__name__}: {p.name}_rank must be 0 (one scalar) or 1 (one value per neuron), received {rank!r}"
+                )
+            self._declare(p, a[p.name], rank, a[f"learn_{p.name}"])
+        self._state_names = self.spec.state_names
+        for n in self._state_names:
+            object.__setattr__(self, n, None)
+        if self.spec.fires:
+            if not callable(a["spike_fn"]):
+                raise TypeError(f"{cls.__name__}: spike_fn must be callable, received {type(a['spike_fn']).__name__}")
+            self.spike_fn: Callable[[torch.Tensor], torch.Tensor] = a["spike_fn"]
+            self._quant = resolve_quantizer(a["quant_fn"], cls.__name__)
+            self.quant_fn = a["quant_fn"]
+        else:
+            self.spike_fn, self._quant, self.quant_fn = sigmoid4x, None, None
+
+    def step(self, params: Any, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The functional core's step for this layer's spec, with its spike and quant functions."""
+        return core._generic_step(self.spec, params, state, x, self.spike_fn, self._quant)
+
+    def extra_repr(self) -> str:
+        out = super().extra_repr()
+        if self.spec.fires:
+            out += (
+                f", spike_fn={getattr(self.spike_fn, '__name__', None) or self.spike_fn!r}, quant_fn={self.quant_fn!r}"
+            )
+        return out
+
+
+def _make_layer(spec: core.NeuronSpec) -> type:
+    sig = _signature(spec)
+    head = {
+        "": "leaky integrator (output: the membrane)",
+        "B": "binary spikes {0, 1}",
+        "T": "ternary spikes {-1, 0, 1}",
+        "TS": "ternary spikes scaled per polarity",
+    }[spec.firing]
+    doc = (
+        f"{spec.name}: {'dual ' if spec.dual else ''}{'synaptic ' if spec.synaptic else ''}"
+        f"{'recurrent ' if spec.recurrent else ''}{head}. One timestep per call.\n\n"
+        f'Maths: SPEC.md, "One timestep"; the pure form is ``tracetorch.functional.{spec.name.lower()}_step``.\n\n'
+        f"Params (activated, ``layer.<name>``; stored raw as ``raw_<name>``): "
+        + ", ".join(f"{p.name} ({p.kind}, default {p.default})" for p in spec.params)
+        + f".\nStates (input layout, ``None`` until the first call): {', '.join(spec.state_names)}.\n\n"
+        "Args:\n    num_neurons: size of the neuron dimension.\n"
+        "    <param>: a float, or a tensor of shape [] or [num_neurons].\n"
+        "    dim: the input's neuron dimension (-1 for [B, N], -3 for [B, C, H, W]).\n"
+        "    <param>_rank: 0 for one scalar, 1 (default) for one value per neuron; a tensor's own rank wins.\n"
+        "    learn_<param>: True (default) for an nn.Parameter, False for a buffer.\n"
+        + (
+            "    spike_fn: distance to threshold -> firing probability (default sigmoid4x).\n"
+            "    quant_fn: 'round', 'bernoulli' (default), 'probabilistic' or a callable.\n"
+            if spec.fires
+            else ""
+        )
+        + "\nShape: input ``[..., num_neurons (at dim), ...]`` -> output of the same shape."
+    )
+    cls = type(
+        spec.name,
+        (NeuronLayer,),
+        {
+            "spec": spec,
+            "_signature": sig,
+            "__signature__": sig.replace(parameters=list(sig.parameters.values())[1:]),
+            "_params_type": spec.Params,
+            "_state_type": spec.State,
+            "__doc__": doc,
+            "__module__": "tracetorch.nn",
+        },
+    )
+    return cls
+
+
+#: ``{"LIB": LIB, ...}``: the 28 layer classes in SPEC.md's order.
+LAYERS: dict[str, type] = {name: _make_layer(spec) for name, spec in core.SPECS.items()}
+globals().update(LAYERS)

@@ -1,0 +1,188 @@
+"""Hidden state of a whole model as one pytree.
+
+A model's state tree is a ``dict`` from a layer's path (``"net.1"``, ``"blocks.0"``, the same
+dotted form as ``named_modules``; plain lists, tuples, dicts and attributes add their index,
+key or name) to that layer's state NamedTuple, or ``None`` while the layer's state is still
+lazy. Every :class:`~tracetorch.nn.TTLayer` is found however deep it sits, exactly once
+(a shared layer under its first path).
+
+Trees are mapped with optree under the ``"tracetorch"`` namespace (:data:`NAMESPACE`); dict keys
+keep their insertion order when flattened to ``{"net.1.mem": tensor}`` by :func:`flatten`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import optree
+import torch
+from torch import nn
+
+from ..nn.layer import TTLayer
+
+__all__ = [
+    "NAMESPACE",
+    "named_layers",
+    "get_states",
+    "set_states",
+    "zero",
+    "detach",
+    "map",
+    "stack",
+    "flatten",
+    "unflatten",
+    "register_node",
+]
+
+#: The optree namespace of tracetorch's pytree node types.
+NAMESPACE = "tracetorch"
+
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def register_node(cls: type, flatten_fn: Callable, unflatten_fn: Callable) -> None:
+    """Register a pytree node type under tracetorch's optree namespace (never globally)."""
+    optree.register_pytree_node(cls, flatten_fn, unflatten_fn, namespace=NAMESPACE)
+
+
+def _join(path: str, name: Any) -> str:
+    return f"{path}.{name}" if path else str(name)
+
+
+def named_layers(model: nn.Module) -> list[tuple[str, TTLayer]]:
+    """Every TTLayer in ``model`` with its path, in definition order, each exactly once.
+
+    Looks through submodules (Sequential, ModuleList, ModuleDict, ...) and through plain
+    lists, tuples and dicts held as attributes, to any depth. ``model`` itself may be a TTLayer
+    (path ``""``).
+    """
+    found: list[tuple[str, TTLayer]] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, path: str) -> None:
+        if id(obj) in seen:
+            return
+        if isinstance(obj, nn.Module):
+            seen.add(id(obj))
+            if isinstance(obj, TTLayer):
+                found.append((path, obj))
+            for name, child in obj._modules.items():
+                if child is not None:
+                    visit(child, _join(path, name))
+            states = set(getattr(obj, "_state_names", ()))
+            for name, value in vars(obj).items():
+                if (
+                    name not in _MODULE_INTERNALS
+                    and name not in states
+                    and isinstance(value, (list, tuple, dict, nn.Module))
+                ):
+                    visit(value, _join(path, name))
+        elif isinstance(obj, (list, tuple)):
+            seen.add(id(obj))
+            for i, item in enumerate(obj):
+                visit(item, _join(path, i))
+        elif isinstance(obj, dict):
+            seen.add(id(obj))
+            for key, item in obj.items():
+                visit(item, _join(path, key))
+
+    visit(model, "")
+    return found
+
+
+def get_states(model: nn.Module) -> dict[str, Any]:
+    """``{layer path: state NamedTuple or None}`` for every TTLayer of ``model``. The tensors are the live ones."""
+    return {path: layer.state for path, layer in named_layers(model)}
+
+
+def set_states(model: nn.Module, tree: dict[str, Any], strict: bool = True) -> None:
+    """Put a state tree (as from :func:`get_states`) back into ``model``.
+
+    Validates every entry first (paths, field names, shapes along each layer's ``dim``);
+    on any error nothing is changed. ``strict=False`` allows layers missing from ``tree``.
+    """
+    layers = dict(named_layers(model))
+    unexpected = [p for p in tree if p not in layers]
+    missing = [p for p in layers if p not in tree] if strict else []
+    if unexpected or missing:
+        raise ValueError(f"set_states: missing layers {missing}, unexpected layers {unexpected}")
+    for path, value in tree.items():
+        layer = layers[path]
+        if value is None:
+            continue
+        items = value._asdict() if hasattr(value, "_asdict") else dict(value)
+        if set(items) != set(layer.state_names):
+            raise ValueError(
+                f"set_states: layer {path!r} ({type(layer).__name__}) has states {list(layer.state_names)}, received {list(items)}"
+            )
+        for name, t in items.items():
+            if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[layer.dim] != layer.num_neurons:
+                got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(
+                    f"set_states: {path}.{name} must be a tensor with {layer.num_neurons} along dim={layer.dim}, received {got}"
+                )
+    for path, value in tree.items():
+        if value is None:
+            layers[path].zero_states()
+        else:
+            layers[path].state = value
+
+
+def map(fn: Callable[[torch.Tensor], torch.Tensor], tree: Any, *rest: Any) -> Any:
+    """Apply ``fn`` to every tensor of one or more trees of the same structure (``None`` stays ``None``)."""
+    return optree.tree_map(fn, tree, *rest, namespace=NAMESPACE)
+
+
+def zero(tree: Any) -> Any:
+    """A tree of zeros shaped like ``tree``."""
+    return map(torch.zeros_like, tree)
+
+
+def detach(tree: Any) -> Any:
+    """``tree`` with every tensor detached from the autograd graph."""
+    return map(torch.Tensor.detach, tree)
+
+
+def stack(trees: list[Any], dim: int = 0) -> Any:
+    """Stack trees of one structure leaf by leaf (e.g. the states of a population of models)."""
+    return optree.tree_map(lambda *ts: torch.stack(ts, dim), *trees, namespace=NAMESPACE)
+
+
+def _flat_items(tree: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
+    for path, state in tree.items():
+        if state is None:
+            continue
+        items = state._asdict() if hasattr(state, "_asdict") else state
+        for name, t in items.items():
+            yield _join(path, name), t
+
+
+def flatten(tree: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """``{"net.1": LIBState(mem=t)}`` -> ``{"net.1.mem": t}``; lazy (``None``) layers are left out."""
+    return dict(_flat_items(tree))
+
+
+def unflatten(model: nn.Module, flat: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The inverse of :func:`flatten`, using ``model``'s layers for the structure.
+
+    Layers with none of their keys in ``flat`` map to ``None``; unknown keys raise ``ValueError``.
+    """
+    out: dict[str, Any] = {}
+    used: set[str] = set()
+    for path, layer in named_layers(model):
+        keys = [_join(path, n) for n in layer.state_names]
+        present = [k in flat for k in keys]
+        if not any(present):
+            out[path] = None
+            continue
+        if not all(present):
+            raise ValueError(
+                f"unflatten: incomplete state for layer {path!r}: missing {[k for k, p in zip(keys, present) if not p]}"
+            )
+        out[path] = layer._state_record()(*(flat[k] for k in keys))
+        used.update(keys)
+    extra = [k for k in flat if k not in used]
+    if extra:
+        raise ValueError(f"unflatten: unexpected keys {extra}")
+    return out
