@@ -128,12 +128,17 @@ class _RoundST(torch.autograd.Function):
         return grad
 
 
+def _bernoulli(p: torch.Tensor) -> torch.Tensor:
+    # NaN in, NaN out, as with round: torch.bernoulli itself refuses a NaN probability
+    return torch.where(torch.isnan(p), p, torch.bernoulli(p.clamp(0.0, 1.0).nan_to_num(0.0)))
+
+
 class _BernoulliST(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
     def forward(p: torch.Tensor) -> torch.Tensor:
-        return torch.bernoulli(p.clamp(0.0, 1.0))
+        return _bernoulli(p)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -149,7 +154,7 @@ class _ProbabilisticST(torch.autograd.Function):
 
     @staticmethod
     def forward(p: torch.Tensor) -> torch.Tensor:
-        return p * torch.bernoulli(p.clamp(0.0, 1.0))
+        return p * _bernoulli(p)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
