@@ -318,3 +318,19 @@ def test_scan_equals_loop_and_validates():
         torch.testing.assert_close(getattr(st, k), rst[k])
     with pytest.raises(ValueError, match="scan: xs"):
         F.scan(F.dsrlib_step, spec.Params(**P), spec.State(**S), 3.0)
+
+
+@pytest.mark.parametrize("fn", list(F.SPIKE_FUNCTIONS.values()), ids=list(F.SPIKE_FUNCTIONS))
+def test_surrogate_gradient_is_the_spike_function_derivative(fn):
+    v = torch.linspace(-2, 2, 41, dtype=torch.float64, requires_grad=True)
+    (straight_through,) = torch.autograd.grad(F.round_st(fn(v)).sum(), v)
+    (smooth,) = torch.autograd.grad(fn(v).sum(), v)
+    torch.testing.assert_close(straight_through, smooth)
+
+
+def test_readme_lists_every_type():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in NAMES:
+        assert f"`{name}`" in readme or f" {name} " in readme or f"`{name} " in readme or f" {name}`" in readme, name
