@@ -7,7 +7,22 @@ API ``tt.nn`` (layers, :class:`TTLayer`, :class:`TTModel`; also spelled ``tt.snn
 
 __version__ = "0.16.0"
 
-from . import functional, nn, snn, state
+from . import encode, functional, loss, nn, plot, snn, state
+from .monitoring import Recorder, monitor
 from .nn import TTLayer, TTModel, functional_call
 
-__all__ = ["functional", "nn", "snn", "state", "TTLayer", "TTModel", "functional_call", "__version__"]
+__all__ = [
+    "functional",
+    "nn",
+    "snn",
+    "state",
+    "encode",
+    "loss",
+    "plot",
+    "monitor",
+    "Recorder",
+    "TTLayer",
+    "TTModel",
+    "functional_call",
+    "__version__",
+]
