@@ -348,7 +348,7 @@ DOCUMENTED = {
     Sigmoid(4.0): lambda v: 4 * torch.sigmoid(4 * v) * (1 - torch.sigmoid(4 * v)),
     FastSigmoid(4.0): lambda v: 2.0 / (1 + (4 * v).abs()) ** 2,
     Atan(2.0): lambda v: 1.0 / (1 + (math.pi / 2 * 2 * v) ** 2),
-    Triangle(1.0): lambda v: torch.where(v.abs() <= 1, 0.5, 0.0).to(v.dtype),
+    Triangle(1.0): lambda v: torch.clamp(1 - v.abs(), min=0.0).to(v.dtype),
     Erf(0.5): lambda v: torch.exp(-(v**2) / (2 * 0.25)) / (0.5 * math.sqrt(2 * math.pi)),
 }
 

@@ -77,15 +77,17 @@ class Atan:
 
 @dataclass(frozen=True)
 class Triangle:
-    """Piecewise linear ``clamp(0.5 + v / (2*width), 0, 1)``; derivative a box of height ``1/(2*width)`` on ``|v| < width``.
+    """The spike function whose derivative is a triangle: ``max(0, 1 - |v|/width) / width``.
 
-    Its derivative is zero outside the box, so gradients vanish far from threshold.
+    With ``u = clamp(v / width, -1, 1)`` the value is ``0.5 + u - u*|u|/2``: exactly 0 below
+    ``-width``, exactly 1 above ``width``, so gradients vanish far from threshold.
     """
 
     width: float = 1.0
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(0.5 + v / (2.0 * self.width), 0.0, 1.0)
+        u = torch.clamp(v / self.width, -1.0, 1.0)
+        return 0.5 + u - 0.5 * u * u.abs()
 
 
 @dataclass(frozen=True)
