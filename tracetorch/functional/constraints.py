@@ -62,11 +62,16 @@ def softplus_inverse(y: Number) -> torch.Tensor:
     return t + torch.log(-torch.expm1(-t))
 
 
-#: Activation of each constrained kind of parameter: raw -> value.
+def identity(raw: torch.Tensor) -> torch.Tensor:
+    """The activation of an unconstrained parameter."""
+    return raw
+
+
+#: Activation of each kind of parameter: raw -> value (module-level functions, so layers pickle).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "decay": torch.sigmoid,
     "threshold": F.softplus,
-    "free": lambda raw: raw,
+    "free": identity,
 }
 
 #: Inverse of each activation: value -> raw (validating the value's range).

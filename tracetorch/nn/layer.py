@@ -34,21 +34,12 @@ from functools import cache
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..functional.constraints import INVERSES
+from ..functional.constraints import ACTIVATIONS, INVERSES, identity
 from ..functional.neurons import ParamSpec, check_num_neurons, resolve_param
 
 __all__ = ["TTLayer", "record_type"]
-
-
-def _identity(raw: torch.Tensor) -> torch.Tensor:
-    return raw
-
-
-_KIND_ACTIVATION = {"decay": torch.sigmoid, "threshold": F.softplus, "free": _identity}
-_KIND_DEFAULT = {"decay": 0.9, "threshold": 1.0, "free": 0.0}
 
 
 @cache
@@ -112,12 +103,10 @@ class TTLayer(nn.Module):
             raise ValueError(f"{owner}: parameter {pspec.name!r} is already declared")
         if not isinstance(learnable, bool):
             raise TypeError(f"{owner}: learn_{pspec.name} must be a bool, received {learnable!r}")
+        value = resolve_param(owner, pspec, self.num_neurons, value, rank)
         if inverse is None:
-            value = resolve_param(owner, pspec, self.num_neurons, value, rank)
-            raw = INVERSES[pspec.kind](value)
-            activation = _KIND_ACTIVATION[pspec.kind]
+            raw, activation = INVERSES[pspec.kind](value), ACTIVATIONS[pspec.kind]
         else:  # 0.15-style: arbitrary inverse / activation functions
-            value = resolve_param(owner, pspec, self.num_neurons, value, rank)
             raw = inverse(value)
         raw = raw.detach().to(torch.get_default_dtype())
         if learnable:
@@ -314,8 +303,8 @@ class TTLayer(nn.Module):
             value,
             rank,
             learnable,
-            activation_function or _identity,
-            inverse_function or _identity,
+            activation_function or identity,
+            inverse_function or identity,
         )
 
     def _register_decay(self, name, value, rank, learnable):
