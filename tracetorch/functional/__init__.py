@@ -11,7 +11,7 @@ tensors shaped like the input (neuron dimension last). The contract is Haiku's i
 
 from __future__ import annotations
 
-from . import constraints, spikes
+from . import constraints, fast, spikes
 from .constraints import (
     decay_to_halflife,
     decay_to_timesteps,
@@ -31,6 +31,7 @@ from .spikes import (
     Triangle,
     bernoulli_from_noise,
     bernoulli_st,
+    probabilistic_from_noise,
     probabilistic_st,
     round_st,
     sigmoid4x,
@@ -44,6 +45,7 @@ globals().update(STEPS)
 __all__ = [
     "constraints",
     "spikes",
+    "fast",
     "NAMES",
     "SPECS",
     "STEPS",
@@ -72,6 +74,7 @@ __all__ = [
     "bernoulli_st",
     "probabilistic_st",
     "bernoulli_from_noise",
+    "probabilistic_from_noise",
     *STEPS,
 ]
 

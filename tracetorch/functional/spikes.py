@@ -38,6 +38,7 @@ __all__ = [
     "bernoulli_st",
     "probabilistic_st",
     "bernoulli_from_noise",
+    "probabilistic_from_noise",
     "QUANTIZERS",
     "resolve_quantizer",
     "Quantizer",
@@ -169,12 +170,17 @@ class _ProbabilisticST(torch.autograd.Function):
         return grad * 2.0 * p
 
 
+def _fire_below(p: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    # fires where noise < p: probability clamp(p, 0, 1) for uniform noise, as torch.bernoulli; NaN stays NaN
+    return torch.where(torch.isnan(p), p, (noise < p).to(p.dtype))
+
+
 class _NoiseBernoulliST(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
     def forward(p: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return (noise < p).to(p.dtype)
+        return _fire_below(p, noise)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -183,6 +189,23 @@ class _NoiseBernoulliST(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad, None
+
+
+class _NoiseProbabilisticST(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(p: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return p * _fire_below(p, noise)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (p,) = ctx.saved_tensors
+        return grad * 2.0 * p, None
 
 
 def round_st(p: torch.Tensor) -> torch.Tensor:
@@ -206,6 +229,14 @@ def bernoulli_from_noise(p: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     The pure, reproducible form of ``bernoulli_st``: the caller owns the randomness.
     """
     return _NoiseBernoulliST.apply(p, noise)
+
+
+def probabilistic_from_noise(p: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Forward ``p * (noise < p)`` for uniform ``noise`` shaped like ``p``, backward ``grad * 2p``.
+
+    The pure, reproducible form of ``probabilistic_st``.
+    """
+    return _NoiseProbabilisticST.apply(p, noise)
 
 
 #: The named quantizers of SPEC.md.

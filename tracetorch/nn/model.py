@@ -59,6 +59,17 @@ class TTModel(nn.Module):
         for _, layer in tree.named_layers(self):
             layer.TTuncompile()
 
+    def run(self, xs: torch.Tensor, **kwargs: Any) -> Any:
+        """Feed a whole ``[T, B, ...]`` sequence through the model in one call (see :func:`tracetorch.nn.run`).
+
+        The same outputs as ``T`` calls of ``self(x_t)``, stacked to ``[T, B, ...]``, and the same final
+        states; keyword arguments (``fast``, ``chunk``, ``checkpoint``, ``detach_every``) go to
+        :func:`tracetorch.nn.run`.
+        """
+        from .sequence import run
+
+        return run(self, xs, **kwargs)
+
 
 def functional_call(
     model: nn.Module,

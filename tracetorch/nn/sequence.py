@@ -1,0 +1,404 @@
+"""Sequence mode: a whole ``[T, B, ...]`` sequence through a model in one call.
+
+:func:`run` feeds the sequence through a chain of modules *layer by layer*, which is exactly what
+``T`` per-step calls compute, only cheaper:
+
+* **stateless modules** (``Linear``, convolutions, pooling, ``Flatten``, ``Dropout``, layer and
+  group norms, elementwise activations, padding, ... and anything marked with
+  :func:`stateless` or :func:`register_stateless`) run once on all ``T*B`` rows: ``[T, B, ...]``
+  is folded to ``[T*B, ...]`` and back;
+* **neuron layers** (every :class:`~tracetorch.nn.TTLayer`) run their time loop over ``T``
+  (:func:`tracetorch.functional.scan`: fused and compiled for the 28 built-in types where that
+  pays), starting from the layer's stored state and leaving the final state there, so per-step
+  calls and sequence calls interleave freely;
+* **anything else** in the chain (a module holding TTLayers inside, an unknown module, a
+  ``BatchNorm`` in training mode, whose batch statistics and running averages are per step) runs
+  step by step, ``T`` calls on ``[B, ...]``.
+
+What is a chain: an ``nn.Sequential`` (nested ones too, and subclasses that keep its
+``forward``), a single TTLayer, and any module (a ``TTModel``, say) whose ``forward`` is literally
+``return self.<child>(x)`` with ``<child>`` a chain (read from ``forward``'s bytecode; nothing else
+is guessed). Any other model (and a chain where one TTLayer sits at two places, or with forward
+hooks on a container) runs whole, step by step: ``T`` calls of ``model(x_t)``, stacked; the same
+results, without the speed.
+
+Random draws: the results equal the per-step loop's exactly for deterministic models. Where a
+model draws random numbers (``Dropout`` in training, the ``"bernoulli"`` quantizer), sequence mode
+draws them in another order and in other shapes: the same distribution, not the same samples.
+"""
+
+from __future__ import annotations
+
+import dis
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import optree
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from ..functional.fast import scan_spec
+from ..functional.time import _loop
+from .layer import TTLayer
+from .neurons import NeuronLayer
+
+__all__ = ["run", "scan_layer", "stateless", "register_stateless", "plan"]
+
+
+# ---- which modules are stateless over time ------------------------------------------------------
+
+_STATELESS_NAMES = (
+    # affine, convolution, pooling, shape
+    "Identity Linear Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d "
+    "MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d AvgPool3d LPPool1d LPPool2d LPPool3d "
+    "AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d "
+    "FractionalMaxPool2d FractionalMaxPool3d Flatten Unflatten Upsample UpsamplingNearest2d UpsamplingBilinear2d "
+    "PixelShuffle PixelUnshuffle ChannelShuffle Embedding "
+    # padding
+    "ZeroPad1d ZeroPad2d ZeroPad3d ConstantPad1d ConstantPad2d ConstantPad3d ReflectionPad1d ReflectionPad2d "
+    "ReflectionPad3d ReplicationPad1d ReplicationPad2d ReplicationPad3d CircularPad1d CircularPad2d CircularPad3d "
+    # per-sample normalization and dropout
+    "LayerNorm GroupNorm RMSNorm LocalResponseNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d "
+    "BatchNorm1d BatchNorm2d BatchNorm3d SyncBatchNorm "
+    "Dropout Dropout1d Dropout2d Dropout3d AlphaDropout FeatureAlphaDropout "
+    # elementwise (or along a feature dim)
+    "ReLU ReLU6 LeakyReLU PReLU RReLU ELU SELU CELU GELU SiLU Mish Sigmoid Tanh Hardtanh Hardsigmoid Hardswish "
+    "Hardshrink Softshrink Tanhshrink Softplus Softsign LogSigmoid Threshold GLU Softmax LogSoftmax Softmin Softmax2d"
+).split()
+
+_STATELESS: set[type] = {getattr(nn, n) for n in _STATELESS_NAMES if hasattr(nn, n)}
+
+
+def register_stateless(*classes: type) -> None:
+    """Declare module classes stateless over time: sequence mode folds ``[T, B, ...]`` into ``T*B`` rows for them.
+
+    Only for modules whose output for a row depends on that row alone (dimension 0 is the batch)
+    and that keep no state between calls. Subclasses that override ``forward`` are not covered.
+    """
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise TypeError(f"register_stateless: expected nn.Module classes, received {cls!r}")
+        if issubclass(cls, TTLayer):
+            raise ValueError(f"register_stateless: {cls.__name__} is a neuron layer, it has state")
+        _STATELESS.add(cls)
+
+
+def stateless(module: nn.Module) -> nn.Module:
+    """Mark one module stateless over time (see :func:`register_stateless`) and return it.
+
+    ``nn.Sequential(nn.Linear(4, 8), tt.nn.stateless(MyNorm()), tt.nn.LIB(8))``
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"stateless: expected an nn.Module, received {type(module).__name__}")
+    if _has_layers(module):
+        raise ValueError(f"stateless: {type(module).__name__} holds neuron layers, it has state")
+    module.tt_stateless = True
+    return module
+
+
+def _has_layers(module: nn.Module) -> bool:
+    from ..state.tree import named_layers
+
+    return bool(named_layers(module))
+
+
+def _registered(m: nn.Module) -> type | None:
+    for cls in type(m).__mro__:
+        if cls in _STATELESS:
+            return cls if type(m).forward is cls.forward else None
+    return None
+
+
+def _dim_from_one(dim: int | None, rank: int) -> bool:
+    """Whether ``dim`` (of a per-step input of ``rank`` dims) leaves the batch dimension alone."""
+    if dim is None:
+        return False
+    return (dim if dim >= 0 else dim + rank) >= 1
+
+
+def _foldable(m: nn.Module, step_rank: int) -> bool:
+    """Whether ``m`` may run once on all ``T*B`` rows (per-step input of ``step_rank`` dims)."""
+    if getattr(m, "tt_stateless", False) is True:
+        return True
+    cls = _registered(m)
+    if cls is None:
+        return False
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        # training (or no running stats): batch statistics of each step and T updates of the averages
+        return not m.training and m.track_running_stats and m.running_mean is not None
+    if isinstance(m, nn.modules.instancenorm._InstanceNorm):
+        return not (m.training and m.track_running_stats)
+    if isinstance(m, nn.Flatten):
+        return _dim_from_one(m.start_dim, step_rank)
+    if isinstance(m, nn.Unflatten):
+        return _dim_from_one(m.dim, step_rank)
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.GLU)):
+        return _dim_from_one(m.dim, step_rank)
+    return True
+
+
+# ---- the plan -----------------------------------------------------------------------------------
+
+_SKIP_OPS = {"RESUME", "NOP", "PRECALL", "PUSH_NULL", "CACHE", "EXTENDED_ARG", "NOT_TAKEN", "COPY_FREE_VARS"}
+
+
+def _delegate(model: nn.Module) -> nn.Module | None:
+    """The child ``c`` if ``type(model).forward`` is exactly ``return self.c(x)``, else ``None``."""
+    code = getattr(getattr(type(model), "forward", None), "__code__", None)
+    if code is None or code.co_argcount != 2 or code.co_kwonlyargcount:
+        return None
+    if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+        return None
+    me, arg = code.co_varnames[:2]
+    ops = [i for i in dis.get_instructions(code) if i.opname not in _SKIP_OPS]
+    if len(ops) != 5:
+        return None
+    load_self, load_attr, load_x, call, ret = ops
+    if not (
+        load_self.opname in ("LOAD_FAST", "LOAD_FAST_BORROW")
+        and load_self.argval == me
+        and load_attr.opname in ("LOAD_ATTR", "LOAD_METHOD")
+        and load_x.opname in ("LOAD_FAST", "LOAD_FAST_BORROW")
+        and load_x.argval == arg
+        and call.opname in ("CALL", "CALL_FUNCTION", "CALL_METHOD")
+        and call.arg == 1
+        and ret.opname == "RETURN_VALUE"
+    ):
+        return None
+    child = model._modules.get(load_attr.argval)
+    return child if isinstance(child, nn.Module) else None
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
+def _chain(model: nn.Module) -> list[nn.Module] | None:
+    """The modules ``model`` applies one after the other, or ``None`` if it is not a chain."""
+    if isinstance(model, TTLayer):
+        return [model]
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
+        children = list(model)
+    else:
+        child = _delegate(model)
+        if child is None:
+            return None
+        children = [child]
+    if _hooked(model):
+        return None
+    out: list[nn.Module] = []
+    for child in children:
+        inner = _chain(child) if isinstance(child, nn.Sequential) or _delegate(child) is not None else None
+        out.extend(inner if inner is not None else [child])
+    return out
+
+
+def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | None:
+    """How :func:`run` would feed ``xs`` ``[T, B, ...]`` through ``model``, for inspection.
+
+    A list of ``(kind, module)`` with kind ``"fold"`` (once on all ``T*B`` rows), ``"neuron"``
+    (a TTLayer's time loop) or ``"step"`` (``T`` calls), or ``None``: the whole model runs step by
+    step. The decision for a module (e.g. a BatchNorm) depends on its current train/eval mode.
+    """
+    from ..state.tree import named_layers
+
+    chain = _chain(model)
+    if chain is None:
+        return None
+    seen: set[int] = set()
+    for m in chain:
+        ids = {id(m)} | {id(layer) for _, layer in named_layers(m)}
+        if ids & seen:
+            return None  # one module at two places: layer-by-layer order would change what it sees
+        seen |= ids
+    step_rank = xs.dim() - 1
+    out = []
+    for m in chain:
+        if isinstance(m, TTLayer):
+            out.append(("neuron", m))
+        elif step_rank >= 2 and not _has_layers(m) and _foldable(m, step_rank):
+            out.append(("fold", m))
+        else:
+            out.append(("step", m))
+    return out
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+
+def _fold(m: nn.Module, xs: torch.Tensor) -> torch.Tensor:
+    T, B = xs.shape[:2]
+    y = m(xs.reshape(T * B, *xs.shape[2:]))
+    if not isinstance(y, torch.Tensor) or y.dim() == 0 or y.shape[0] != T * B:
+        raise TypeError(
+            f"run: {type(m).__name__} is marked stateless but did not return one row per input row "
+            f"(input [{T * B}, ...], output {list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__})"
+        )
+    return y.reshape(T, B, *y.shape[1:])
+
+
+def _stack(outs: list[Any]) -> Any:
+    if isinstance(outs[0], torch.Tensor):
+        return torch.stack(outs)
+    return optree.tree_map(lambda *ts: torch.stack(ts), *outs)
+
+
+def _cat(outs: list[Any]) -> Any:
+    if len(outs) == 1:
+        return outs[0]
+    if isinstance(outs[0], torch.Tensor):
+        return torch.cat(outs)
+    return optree.tree_map(lambda *ts: torch.cat(ts), *outs)
+
+
+def _per_step(m: Callable[[Any], Any], xs: torch.Tensor) -> Any:
+    return _stack([m(x) for x in xs.unbind(0)])
+
+
+def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk: int | None = None) -> torch.Tensor:
+    """One neuron layer over ``xs`` ``[T, ...]`` (each step shaped as the layer's per-step input).
+
+    Starts from the layer's stored state (zeros if none) and stores the final state, as ``T``
+    calls of ``layer(x_t)`` would. Returns ``ys`` ``[T, ...]``.
+    """
+    if not isinstance(xs, torch.Tensor) or xs.dim() < 2:
+        raise ValueError(
+            f"{type(layer).__name__}: a sequence input must be a tensor [T, ...], received "
+            f"{list(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__}"
+        )
+    x0 = xs[0]
+    layer._check_input(x0)
+    layer._ensure_states(x0)
+    params = layer.activated_params()
+    state = layer.state
+    if isinstance(layer, NeuronLayer) and type(layer).step is NeuronLayer.step:
+        # the generic step is elementwise: broadcast [N] params along `dim` instead of moving dims
+        trailing = x0.dim() - 1 - layer.dim % x0.dim()
+        if trailing:
+            params = type(params)(*(p.reshape(*p.shape, *(1,) * trailing) if p.dim() == 1 else p for p in params))
+        quant = layer.quant_fn if isinstance(layer.quant_fn, str) else layer._quant or "round"
+        ys, new = scan_spec(
+            layer.spec, params, state, xs, spike_fn=layer.spike_fn, quant_fn=quant, fast=fast, chunk=chunk
+        )
+    else:
+        d = layer.dim % x0.dim() + 1
+        work = layer._to_working_dim
+        state = type(state)(*(work(t) for t in state))
+        ys, new = _loop(layer.step, params, state, xs.movedim(d, -1), {})
+        ys = ys.movedim(-1, d)
+        new = layer._state_record()(*(layer._from_working_dim(t) for t in new))
+    layer.state = new
+    return ys
+
+
+def _run_plan(steps: list[tuple[str, nn.Module]], xs: torch.Tensor, fast: bool | None, chunk: int | None) -> Any:
+    x: Any = xs
+    for kind, m in steps:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"run: {type(m).__name__} received a {type(x).__name__}; a chain passes tensors")
+        if kind == "neuron":
+            x = scan_layer(m, x, fast, chunk)
+        elif kind == "fold":
+            x = _fold(m, x)
+        else:
+            x = _per_step(m, x)
+    return x
+
+
+def _checkpointed(body: Callable[[torch.Tensor], Any], xs: torch.Tensor, layers: list[TTLayer]) -> Any:
+    """``body(xs)`` under gradient checkpointing, the layers' states passed in and out explicitly."""
+    before = [layer.state for layer in layers]
+    present = [s is not None for s in before]
+    flat_in = [t for s in before if s is not None for t in s]
+    shape_out: list[bool] = []
+
+    def fn(x: torch.Tensor, *flat: torch.Tensor) -> tuple[Any, ...]:
+        saved = [layer.state for layer in layers]
+        try:
+            it = iter(flat)
+            for layer, has in zip(layers, present):
+                layer.state = layer._state_record()(*(next(it) for _ in layer.state_names)) if has else None
+            y = body(x)
+            after = [layer.state for layer in layers]
+            shape_out[:] = [s is not None for s in after]
+            return (y, *(t for s in after if s is not None for t in s))
+        finally:
+            for layer, s in zip(layers, saved):
+                layer.state = s
+
+    y, *flat_out = _checkpoint(fn, xs, *flat_in, use_reentrant=False)
+    it = iter(flat_out)
+    for layer, has in zip(layers, shape_out):
+        layer.state = layer._state_record()(*(next(it) for _ in layer.state_names)) if has else None
+    return y
+
+
+def _positive(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"run: {name} must be None or an int >= 1, received {value!r}")
+    return value
+
+
+def run(
+    model: nn.Module,
+    xs: torch.Tensor,
+    *,
+    fast: bool | None = None,
+    chunk: int | None = None,
+    checkpoint: int | None = None,
+    detach_every: int | None = None,
+) -> Any:
+    """Feed a whole sequence through ``model``: the outputs of ``T`` per-step calls, in one call.
+
+    Args:
+        model: an ``nn.Sequential`` of stateless modules and neuron layers, a TTLayer, or a model
+            whose ``forward`` is ``return self.<chain>(x)`` (see the module docs); any other model
+            runs step by step, with the same results.
+        xs: ``[T, B, ...]``: ``xs[t]`` is what ``model(x)`` would receive at step ``t``.
+        fast: for the built-in neuron layers' time loops (see :func:`tracetorch.functional.scan`):
+            ``None`` picks the fused, compiled loop where it applies and pays, ``True`` insists,
+            ``False`` runs the plain loop.
+        chunk: steps per compiled function on the fast path (default 10).
+        checkpoint: gradient checkpointing over chunks of this many steps: each chunk's
+            activations are dropped after the forward and recomputed in the backward (random
+            draws replayed); the memory of one chunk instead of the whole sequence, for about one
+            more forward's time.
+        detach_every: truncated BPTT: the hidden states are detached after every ``detach_every``
+            steps (counted from this call's first step), so gradients flow back at most that far.
+
+    Returns:
+        ``[T, B, ...]``, the stacked per-step outputs (a pytree of those if the model returns one).
+        Every neuron layer's state is left where ``T`` per-step calls would leave it.
+    """
+    from ..state.tree import named_layers
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"run: model must be an nn.Module, received {type(model).__name__}")
+    if not isinstance(xs, torch.Tensor) or xs.dim() < 1:
+        raise ValueError(
+            "run: xs must be a tensor [T, ...] with a leading time dimension, received "
+            f"{list(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__}"
+        )
+    if xs.shape[0] == 0:
+        raise ValueError(f"run: xs must hold at least one timestep, received shape {list(xs.shape)}")
+    checkpoint, detach_every = _positive("checkpoint", checkpoint), _positive("detach_every", detach_every)
+    steps = plan(model, xs)
+    layers = [layer for _, layer in named_layers(model)]
+
+    def body(seq: torch.Tensor) -> Any:
+        return _per_step(model, seq) if steps is None else _run_plan(steps, seq, fast, chunk)
+
+    outs = []
+    for i, segment in enumerate(xs.split(detach_every or xs.shape[0])):
+        if i:
+            for layer in layers:
+                layer.detach_states()
+        if checkpoint is None:
+            outs.append(body(segment))
+        else:
+            outs.extend(_checkpointed(body, part, layers) for part in segment.split(checkpoint))
+    return _cat(outs)
