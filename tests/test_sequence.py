@@ -150,6 +150,40 @@ def test_plan_kinds():
     assert plan(lif, inputs("mlp")) == [("neuron", lif)]
 
 
+def test_hooked_modules_run_step_by_step_and_monitor_records(uncompiled):
+    model = randomize(mlp())
+    model_ref = copy.deepcopy(model)  # the same weights, run step by step
+    xs = inputs("mlp").detach()
+    with tt.monitor(model) as rec:
+        kinds = [k for k, _ in plan(model, xs)]
+        ys = run(model, xs)
+    layer_positions = [i for i, m in enumerate(model) if isinstance(m, tt.TTLayer)]
+    assert [kinds[i] for i in layer_positions] == ["step"] * len(layer_positions)
+    assert kinds[0] == "fold"  # unhooked modules keep their fast kinds
+    with tt.monitor(model_ref) as rec_ref:
+        ys_ref = per_step(model_ref, xs)
+    torch.testing.assert_close(ys, ys_ref)
+    assert rec.outputs.keys() == rec_ref.outputs.keys() and len(rec.outputs) == len(layer_positions)
+    for path in rec.outputs:
+        assert rec.outputs[path].shape[0] == T
+        torch.testing.assert_close(rec.outputs[path], rec_ref.outputs[path])
+    # a forward hook on any module sees the per-step calls
+    calls = []
+    lin = model[0]
+    handle = lin.register_forward_hook(lambda m, a, o: calls.append(a[0].shape))
+    assert plan(model, xs)[0] == ("step", lin)
+    run(model, xs)
+    handle.remove()
+    assert calls == [xs.shape[1:]] * T
+    # global module hooks: the whole model runs step by step
+    handle = nn.modules.module.register_module_forward_hook(lambda m, a, o: None)
+    try:
+        assert plan(model, xs) is None
+    finally:
+        handle.remove()
+    assert plan(model, xs)[0] == ("fold", lin)
+
+
 def test_batchnorm_in_training_matches(uncompiled):
     model = randomize(convnet()).train()
     ref = copy.deepcopy(model)

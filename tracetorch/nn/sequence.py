@@ -19,8 +19,10 @@ What is a chain: an ``nn.Sequential`` (nested ones too, and subclasses that keep
 ``forward``), a single TTLayer, and any module (a ``TTModel``, say) whose ``forward`` is literally
 ``return self.<child>(x)`` with ``<child>`` a chain (read from ``forward``'s bytecode; nothing else
 is guessed). Any other model (and a chain where one TTLayer sits at two places, or with forward
-hooks on a container) runs whole, step by step: ``T`` calls of ``model(x_t)``, stacked; the same
-results, without the speed.
+hooks on a container, or while global module hooks are registered) runs whole, step by step:
+``T`` calls of ``model(x_t)``, stacked; the same results, without the speed. A module of the
+chain with forward hooks of its own (``tt.monitor`` adds them) runs step by step, so its hooks
+see the ``T`` calls they would see in a per-step loop.
 
 Random draws: the results equal the per-step loop's exactly for deterministic models. Where a
 model draws random numbers (``Dropout`` in training, the ``"bernoulli"`` quantizer), sequence mode
@@ -175,6 +177,12 @@ def _hooked(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks)
 
 
+def _global_hooks() -> bool:
+    # hooks registered with nn.modules.module.register_module_forward_(pre_)hook see every call
+    module = nn.modules.module
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+
+
 def _chain(model: nn.Module) -> list[nn.Module] | None:
     """The modules ``model`` applies one after the other, or ``None`` if it is not a chain."""
     if isinstance(model, TTLayer):
@@ -199,13 +207,13 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
     """How :func:`run` would feed ``xs`` ``[T, B, ...]`` through ``model``, for inspection.
 
     A list of ``(kind, module)`` with kind ``"fold"`` (once on all ``T*B`` rows), ``"neuron"``
-    (a TTLayer's time loop) or ``"step"`` (``T`` calls), or ``None``: the whole model runs step by
-    step. The decision for a module (e.g. a BatchNorm) depends on its current train/eval mode.
+    (a TTLayer's time loop) or ``"step"`` (``T`` calls: also any module with forward hooks), or
+    ``None``: the whole model runs step by step. The decision for a module (e.g. a BatchNorm) depends on its current train/eval mode.
     """
     from ..state.tree import named_layers
 
     chain = _chain(model)
-    if chain is None:
+    if chain is None or _global_hooks():
         return None
     seen: set[int] = set()
     for m in chain:
@@ -216,7 +224,9 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
     step_rank = xs.dim() - 1
     out = []
     for m in chain:
-        if isinstance(m, TTLayer):
+        if _hooked(m):
+            out.append(("step", m))  # its hooks (tt.monitor's, say) see the T per-step calls they expect
+        elif isinstance(m, TTLayer):
             out.append(("neuron", m))
         elif step_rank >= 2 and not _has_layers(m) and _foldable(m, step_rank):
             out.append(("fold", m))
