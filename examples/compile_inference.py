@@ -28,6 +28,8 @@ from torch import nn
 
 import tracetorch as tt
 
+from digits_data import load_digits_tensors  # examples/digits_data.py
+
 
 class Net(tt.TTModel):
     """``Linear -> SRLIB -> Linear -> LIB`` readout; deterministic spikes (``quant_fn="round"``)."""
@@ -43,18 +45,6 @@ class Net(tt.TTModel):
 
     def forward(self, x):
         return self.net(x)
-
-
-def load_digits_tensors(seed: int):
-    """scikit-learn's digits as ``[N, 64]`` intensities in [0, 1] and labels, split 80/20."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(x))
-    return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
 def run(model: Net, step, spikes_in: torch.Tensor) -> torch.Tensor:

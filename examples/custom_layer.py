@@ -32,6 +32,8 @@ from torch import nn
 import tracetorch as tt
 from tracetorch import functional as F
 
+from digits_data import load_digits_tensors  # examples/digits_data.py
+
 
 class ALIF(tt.TTLayer):
     """Adaptive-threshold leaky integrate-and-fire: a LIF whose threshold rises after each spike."""
@@ -75,18 +77,6 @@ class Net(tt.TTModel):
 
     def forward(self, x):
         return self.readout(self.fc2(self.alif(self.fc1(x))))
-
-
-def load_digits_tensors(seed: int):
-    """scikit-learn's digits as ``[N, 64]`` intensities in [0, 1] and labels, split 80/20."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(x))
-    return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
 def run(model: Net, spikes_in: torch.Tensor) -> torch.Tensor:

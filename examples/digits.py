@@ -40,19 +40,9 @@ from tqdm import tqdm
 
 import tracetorch as tt
 
+from digits_data import load_digits_tensors  # examples/digits_data.py
+
 DEFAULT_OUT = Path(__file__).parent / "out"
-
-
-def load_digits_tensors(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The 1797 digits bundled with scikit-learn as ``[N, 64]`` intensities in [0, 1] and labels; split 80/20."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(x))
-    return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
 
 
 class DigitsSNN(tt.TTModel):

@@ -21,17 +21,7 @@ from torch.func import stack_module_state, vmap
 
 import tracetorch as tt
 
-
-def load_digits_tensors(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The 8x8 digits bundled with scikit-learn: ``[N, 64]`` in [0, 1] and labels, split 80/20."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(digits.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(x))
-    return x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
+from digits_data import load_digits_tensors  # examples/digits_data.py
 
 
 def make_model(seed: int, hidden: int) -> nn.Module:

@@ -31,6 +31,8 @@ from torch import nn
 
 import tracetorch as tt
 
+from digits_data import load_digit_rows  # examples/digits_data.py
+
 R_LAYERS = [name for name, cls in tt.nn.LAYERS.items() if cls.spec.recurrent]
 
 
@@ -51,18 +53,6 @@ class RowReader(tt.TTModel):
         if self.fc_rec is not None and prev is not None:
             current = current + self.fc_rec(prev)
         return self.readout(self.fc_out(self.rnn(current)))
-
-
-def load_digit_rows(seed: int):
-    """scikit-learn's digits as row sequences ``[8 rows, N, 8 pixels]`` in [0, 1] and labels, split 80/20."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.tensor(digits.data, dtype=torch.float32).view(-1, 8, 8).transpose(0, 1) / 16.0
-    y = torch.tensor(digits.target, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    cut = int(0.8 * len(y))
-    return x[:, perm[:cut]], y[perm[:cut]], x[:, perm[cut:]], y[perm[cut:]]
 
 
 def run(model: RowReader, rows: torch.Tensor) -> torch.Tensor:

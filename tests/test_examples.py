@@ -2,6 +2,7 @@
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,12 @@ EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def load_example(name: str):
-    """Import ``examples/<name>.py`` as a module (examples/ is not a package)."""
+    """Import ``examples/<name>.py`` as a module (examples/ is not a package).
+
+    examples/ goes on ``sys.path`` as when a script there runs: the examples import ``digits_data``.
+    """
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
