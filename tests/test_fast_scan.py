@@ -186,6 +186,30 @@ def test_selection_and_refusals(backend):
     assert fast.fast_reason(spec, params, state, xs) is None
 
 
+def test_automatic_selection_waits_for_repeated_calls(backend):
+    backend(None)
+    fast.clear_cache()
+    _, params, state, xs, w = make("LIB")
+    old = fast.config.min_elements, fast.config.warmup_calls
+    fast.config.min_elements, fast.config.warmup_calls = 0, 2
+    try:
+        ref = run("LIB", params, state, xs, w, quant_fn="round", fast=False)
+        for call in range(4):
+            out = run("LIB", params, state, xs, w, quant_fn="round", chunk=CHUNK)
+            assert_same(out, ref)
+            # the first two eligible calls run the plain loop; from the third the fast path (with its cache)
+            assert len(fast.compiled_chunks()) == (1 if call >= 2 else 0), call
+        assert fast.compiled_chunks()[0]["calls"]["forward"] == 2 * 2  # two calls, two full chunks each
+        fast.config.min_elements = xs.numel() + 1  # too small to be eligible: never counted, never fast
+        fast.clear_cache()
+        for _ in range(4):
+            run("LIB", params, state, xs, w, quant_fn="round", chunk=CHUNK)
+        assert fast.compiled_chunks() == []
+    finally:
+        fast.config.min_elements, fast.config.warmup_calls = old
+        fast.clear_cache()
+
+
 def test_first_order_only(backend):
     backend(None)
     _, params, state, xs, w = make("LIB")
@@ -205,12 +229,13 @@ def test_failing_compiler_warns_and_runs_uncompiled(backend):
         run("LI", params, state, xs, w, fast=True, chunk=CHUNK)
     fast.clear_cache()
     before = len(fast.compiled_chunks())
-    fast.config.min_elements, old = 0, fast.config.min_elements
+    old = fast.config.min_elements, fast.config.warmup_calls
+    fast.config.min_elements, fast.config.warmup_calls = 0, 0
     try:
         with pytest.warns(RuntimeWarning, match="running it uncompiled"):
             out = run("LI", params, state, xs, w, chunk=CHUNK)
     finally:
-        fast.config.min_elements = old
+        fast.config.min_elements, fast.config.warmup_calls = old
     assert len(fast.compiled_chunks()) == before + 1
     assert_same(out, run("LI", params, state, xs, w, fast=False))
     fast.clear_cache()

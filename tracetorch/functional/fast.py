@@ -70,6 +70,10 @@ class FastConfig:
         chunk: default chunk length (steps per compiled function).
         min_elements: ``fast=None`` picks the fast path only from this many neuron-steps
             (``xs.numel()``) on, where a run is long enough to pay for the first call's compile.
+        warmup_calls: ``fast=None`` picks the fast path for a (type, spike_fn, quantizer, chunk)
+            only after this many eligible calls of it ran the plain loop, so a one-off call
+            (an evaluation, a plot) never waits seconds for a compile that would save milliseconds,
+            while a training loop switches after a few batches.
         backend: the ``torch.compile`` backend (``"inductor"``); ``None`` runs the chunk functions
             uncompiled (same results, for debugging and cheap tests).
     """
@@ -77,6 +81,7 @@ class FastConfig:
     auto: bool = os.environ.get("TRACETORCH_FAST", "1") != "0"
     chunk: int = 10
     min_elements: int = 1 << 20
+    warmup_calls: int = 3
     backend: str | Callable | None = "inductor"
 
 
@@ -191,7 +196,15 @@ class _Engine:
 
 
 _ENGINES: dict[_Key, _Engine] = {}
+_ELIGIBLE_CALLS: dict[_Key, int] = {}  # fast=None calls that could have taken the fast path, per key
 _LOCK = threading.Lock()
+
+
+def _warmed_up(key: _Key) -> bool:
+    """Count one eligible ``fast=None`` call of ``key``; whether it is past ``config.warmup_calls``."""
+    with _LOCK:
+        calls = _ELIGIBLE_CALLS[key] = _ELIGIBLE_CALLS.get(key, 0) + 1
+    return calls > config.warmup_calls
 
 
 def _engine(key: _Key) -> _Engine:
@@ -219,9 +232,10 @@ def compiled_chunks() -> list[dict[str, Any]]:
 
 
 def clear_cache() -> None:
-    """Forget every cached chunk function (the next call compiles again)."""
+    """Forget every cached chunk function and warm-up count (the next call compiles again)."""
     with _LOCK:
         _ENGINES.clear()
+        _ELIGIBLE_CALLS.clear()
 
 
 # ---- the sequence Function ---------------------------------------------------------------------
@@ -391,8 +405,9 @@ def scan_spec(
     """Run the built-in type ``spec`` over ``xs`` ``[T, ..., N]``: ``(ys [T, ..., N], final state)``.
 
     ``fast=None`` takes the fast path where it applies (:func:`fast_reason` is ``None``, automatic
-    selection is on, ``xs.numel() >= config.min_elements`` and ``T >= chunk``), ``True`` insists on it (a
-    ``ValueError`` says why it cannot), ``False`` runs the plain loop. ``chunk`` is the number of
+    selection is on, ``xs.numel() >= config.min_elements`` and ``T >= chunk``) from the
+    ``config.warmup_calls + 1``-th such call on, ``True`` insists on it (a ``ValueError`` says why it
+    cannot), ``False`` runs the plain loop. ``chunk`` is the number of
     steps per compiled function (default ``config.chunk``). Params may be ``[]`` or ``[N]``, or any
     shape that broadcasts to one step of ``xs``.
     """
@@ -404,15 +419,18 @@ def scan_spec(
         reason = fast_reason(spec, params, state, xs, spike_fn, quant_fn)
         if fast and reason is not None:
             raise ValueError(f"scan: fast=True cannot run here: {reason}")
-        auto = config.auto and xs.numel() >= config.min_elements and xs.shape[0] >= (chunk or config.chunk)
-        use = reason is None and (bool(fast) or auto)
+        if reason is None:
+            key = _Key(
+                spec, spike_fn, _quant_name(quant_fn) if spec.fires else None, chunk or config.chunk, config.backend
+            )
+            eligible = config.auto and xs.numel() >= config.min_elements and xs.shape[0] >= key.chunk
+            use = bool(fast) or (eligible and _warmed_up(key))
     if not use:
         ys = []
         for x in xs.unbind(0):
             y, state = _generic_step(spec, params, state, x, spike_fn, quant)
             ys.append(y)
         return torch.stack(ys), state
-    key = _Key(spec, spike_fn, _quant_name(quant_fn) if spec.fires else None, chunk or config.chunk, config.backend)
     eng = _engine(key)
     strict = bool(fast)
     xs = xs.contiguous()

@@ -48,8 +48,8 @@ def scan(
         state: the initial state pytree (each leaf shaped like ``xs[0]``).
         xs: ``[T, ...]`` inputs, ``T >= 1``.
         fast: for the 28 built-in steps only: ``None`` (default) takes the fused, compiled path
-            where it applies and the sequence is long enough to pay for compiling (see
-            :mod:`tracetorch.functional.fast`), ``True`` insists on it (``ValueError`` if it
+            where it applies, the sequence is long enough to pay for compiling and the type has
+            come a few times already (see :mod:`tracetorch.functional.fast`), ``True`` insists on it (``ValueError`` if it
             cannot run), ``False`` always runs the plain loop. Any other step runs the plain loop;
             ``fast=True`` with one is refused.
         chunk: steps per compiled function on the fast path (default 10).
