@@ -5,7 +5,8 @@ spikes (``tt.encode.rate``). The network, a ``TTModel``, is
 
     Linear(64, hidden) -> <--layer>(hidden) -> Linear(hidden, 10) -> readout(10)
 
-called once per timestep. The readout is a ``LIB`` whose spike counts are the class scores,
+fed each whole spike train at once with ``model.run`` (sequence mode: the same result as one
+call per timestep, computed layer by layer). The readout is a ``LIB`` whose spike counts are the class scores,
 trained with ``tt.loss.count_cross_entropy``; when the hidden layer is a leaky integrator
 (the ``LI`` family, which outputs its membrane rather than spikes) the readout is an ``LI``
 trained on its mean membrane with ``tt.loss.membrane_cross_entropy`` instead (``--readout``
@@ -19,9 +20,9 @@ to draw the hidden layer's spike raster and membrane traces (``tt.plot.raster``,
 ``tt.plot.membrane``) into ``--out``.
 
 The data ships with scikit-learn (no download). The defaults reach about 97-99% test
-accuracy (seeds 0-4: 97.8, 97.8, 97.8, 98.9, 98.6%) in some 10-20 s on two CPU cores. With
-seed 0 the other binary types get 97.8-98.3%, the ternary ones (T, TS) 95-96.7% and the LI
-types (no spikes: the network is linear) 95.8%:
+accuracy (seeds 0-4: 97.8, 97.2, 98.1, 98.9, 98.3%) in some 8-15 s of training on two CPU
+cores. With seed 0 the other binary types get 97.5-98.1%, the ternary ones (T, TS) 95.0-96.4%
+and the LI types (no spikes: the network is linear) 95.8%; the dual (D) types take 2-4x longer:
 
     python examples/digits.py
     python examples/digits.py --layer SRLIT --epochs 10 --seed 1
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -46,24 +48,32 @@ DEFAULT_OUT = Path(__file__).parent / "out"
 
 
 class DigitsSNN(tt.TTModel):
-    """``Linear -> hidden spiking layer -> Linear -> readout``; one call is one timestep."""
+    """``Linear -> hidden spiking layer -> Linear -> readout`` as one chain; one call is one timestep."""
 
     def __init__(self, layer: str, hidden: int, readout: str, quant_fn: str) -> None:
         super().__init__()
         cls = tt.nn.LAYERS[layer]
-        self.fc1 = nn.Linear(64, hidden)
-        self.hidden = cls(hidden, quant_fn=quant_fn) if cls.spec.fires else cls(hidden)
-        self.fc2 = nn.Linear(hidden, 10)
-        self.readout = tt.nn.LIB(10, quant_fn=quant_fn) if readout == "spikes" else tt.nn.LI(10)
+        self.net = nn.Sequential(
+            OrderedDict(
+                fc1=nn.Linear(64, hidden),
+                hidden=cls(hidden, quant_fn=quant_fn) if cls.spec.fires else cls(hidden),
+                fc2=nn.Linear(hidden, 10),
+                readout=tt.nn.LIB(10, quant_fn=quant_fn) if readout == "spikes" else tt.nn.LI(10),
+            )
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.readout(self.fc2(self.hidden(self.fc1(x))))
+        return self.net(x)
 
 
 def run(model: DigitsSNN, spikes_in: torch.Tensor) -> torch.Tensor:
-    """Feed a ``[T, B, 64]`` spike train from fresh states; returns the readout over time, ``[T, B, 10]``."""
+    """Feed a ``[T, B, 64]`` spike train from fresh states; returns the readout over time, ``[T, B, 10]``.
+
+    ``model.run`` (sequence mode) gives what ``T`` calls of ``model(x_t)`` give, going layer by
+    layer: the Linear layers run once on all ``T*B`` rows.
+    """
     model.zero_states()
-    return torch.stack([model(x) for x in spikes_in])
+    return model.run(spikes_in)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,16 +140,16 @@ def main(argv: list[str] | None = None) -> dict:
         test_acc = tt.loss.accuracy(run(model, tt.encode.rate(x_test, args.timesteps, generator=gen)), y_test)
         # record one test digit: the hidden layer's output and state at every step
         digit_in = tt.encode.rate(x_test[:1], args.timesteps, generator=gen)  # [T, 1, 64]
-        with tt.monitor(model, ["hidden"]) as rec:
+        with tt.monitor(model, ["net.hidden"]) as rec:
             run(model, digit_in)
     seconds = time.perf_counter() - start
     print(f"test accuracy {test_acc:.4f} (train {train_acc:.4f}) after {args.epochs} epochs, {seconds:.1f} s")
 
-    out = rec.outputs["hidden"][:, 0]  # [T, hidden]
-    states = rec.states["hidden"]
+    out = rec.outputs["net.hidden"][:, 0]  # [T, hidden]
+    states = rec.states["net.hidden"]
     mem = states["mem"] if "mem" in states else states["pos_mem"] + states["neg_mem"]  # dual: mem = pos + neg
     mem = mem[:, 0]
-    layer = model.hidden
+    layer = model.net.hidden
     if "threshold" in layer.param_names:
         threshold, note = layer.threshold, " (dashed: threshold)"
     elif "pos_threshold" in layer.param_names:  # ternary: draw the positive one

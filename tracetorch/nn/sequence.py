@@ -208,7 +208,8 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
 
     A list of ``(kind, module)`` with kind ``"fold"`` (once on all ``T*B`` rows), ``"neuron"``
     (a TTLayer's time loop) or ``"step"`` (``T`` calls: also any module with forward hooks), or
-    ``None``: the whole model runs step by step. The decision for a module (e.g. a BatchNorm) depends on its current train/eval mode.
+    ``None``: the whole model runs step by step. The decision for a module (e.g. a BatchNorm)
+    depends on its current train/eval mode.
     """
     from ..state.tree import named_layers
 
