@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import tracetorch as tt
-from tracetorch.functional import fast
 from tracetorch.functional.spikes import round_st, sigmoid4x
 from tracetorch.nn.sequence import plan, register_stateless, run, stateless
 
@@ -20,15 +19,6 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
-
-
-@pytest.fixture
-def uncompiled():
-    """The fast path's machinery with its chunk functions uncompiled (compiling is tested in test_fast_scan)."""
-    old = fast.config.backend
-    fast.config.backend = None
-    yield
-    fast.config.backend = old
 
 
 class ALIF(tt.TTLayer):
@@ -128,13 +118,13 @@ def assert_equal_runs(a_model, a_ys, a_grads, b_model, b_ys, b_grads):
 
 @pytest.mark.parametrize("fast_mode", [False, True])
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
-def test_run_equals_per_step(kind, fast_mode, uncompiled):
+def test_run_equals_per_step(kind, fast_mode):
     model = randomize(mlp() if kind == "mlp" else convnet())
     ref = copy.deepcopy(model)
     xs = inputs(kind)
     steps = plan(model, xs)
     assert steps is not None and "neuron" in [k for k, _ in steps] and "fold" in [k for k, _ in steps]
-    ys = run(model, xs, fast=fast_mode, chunk=3)
+    ys = run(model, xs, fast=fast_mode)
     ys_ref = per_step(ref, xs)
     assert_equal_runs(model, ys, grads(model, xs, ys), ref, ys_ref, grads(ref, xs, ys_ref))
 
@@ -150,7 +140,7 @@ def test_plan_kinds():
     assert plan(lif, inputs("mlp")) == [("neuron", lif)]
 
 
-def test_hooked_modules_run_step_by_step_and_monitor_records(uncompiled):
+def test_hooked_modules_run_step_by_step_and_monitor_records():
     model = randomize(mlp())
     model_ref = copy.deepcopy(model)  # the same weights, run step by step
     xs = inputs("mlp").detach()
@@ -184,11 +174,11 @@ def test_hooked_modules_run_step_by_step_and_monitor_records(uncompiled):
     assert plan(model, xs)[0] == ("fold", lin)
 
 
-def test_batchnorm_in_training_matches(uncompiled):
+def test_batchnorm_in_training_matches():
     model = randomize(convnet()).train()
     ref = copy.deepcopy(model)
     xs = inputs("conv")
-    ys, ys_ref = run(model, xs, chunk=3, fast=True), per_step(ref, xs)
+    ys, ys_ref = run(model, xs, fast=True), per_step(ref, xs)
     assert_equal_runs(model, ys, grads(model, xs, ys), ref, ys_ref, grads(ref, xs, ys_ref))
     torch.testing.assert_close(model[2].running_mean, ref[2].running_mean)
 
@@ -228,11 +218,11 @@ class NotAChain(Chain):
     ],
     ids=["residual", "step-element", "shared-layer", "ttmodel-chain", "ttmodel-other"],
 )
-def test_fallbacks_and_chains(make, uncompiled):
+def test_fallbacks_and_chains(make):
     model = randomize(make())
     ref = copy.deepcopy(model)
     xs = inputs("mlp")
-    ys = run(model, xs, fast=True, chunk=3)
+    ys = run(model, xs, fast=True)
     ys_ref = per_step(ref, xs)
     assert_equal_runs(model, ys, grads(model, xs, ys), ref, ys_ref, grads(ref, xs, ys_ref))
 
@@ -251,12 +241,12 @@ def test_what_is_a_chain():
     assert [k for k, _ in plan(nested, xs)] == ["fold", "neuron", "step"]
 
 
-def test_interleaving_per_step_and_sequence_calls(uncompiled):
+def test_interleaving_per_step_and_sequence_calls():
     model = randomize(mlp())
     ref = copy.deepcopy(model)
     xs = inputs("mlp", seed=3)
     a = torch.cat(
-        [torch.stack([model(x) for x in xs[:2].unbind(0)]), run(model, xs[2:6], fast=True, chunk=2), model(xs[6])[None]]
+        [torch.stack([model(x) for x in xs[:2].unbind(0)]), run(model, xs[2:6], fast=True), model(xs[6])[None]]
     )
     a = torch.cat([a, run(model, xs, fast=False)])
     b = torch.cat([per_step(ref, xs), per_step(ref, xs)])
@@ -264,33 +254,33 @@ def test_interleaving_per_step_and_sequence_calls(uncompiled):
 
 
 @pytest.mark.parametrize("fast_mode", [False, True])
-def test_checkpoint_same_forward_and_gradients(fast_mode, uncompiled):
+def test_checkpoint_same_forward_and_gradients(fast_mode):
     model = randomize(mlp())
     ref = copy.deepcopy(model)
     xs = inputs("mlp")
-    ys = run(model, xs, fast=fast_mode, chunk=2, checkpoint=3)
-    ys_ref = run(ref, xs, fast=fast_mode, chunk=2)
+    ys = run(model, xs, fast=fast_mode, checkpoint=3)
+    ys_ref = run(ref, xs, fast=fast_mode)
     assert_equal_runs(model, ys, grads(model, xs, ys), ref, ys_ref, grads(ref, xs, ys_ref))
 
 
-def test_checkpoint_replays_random_draws(uncompiled):
+def test_checkpoint_replays_random_draws():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.3), tt.nn.LIB(8), nn.Linear(8, 4), tt.nn.DLIT(4))
     ref = copy.deepcopy(model)
     xs = inputs("mlp")
     torch.manual_seed(5)
-    ys = run(model, xs, fast=True, chunk=2, checkpoint=4)  # bernoulli spikes and dropout masks
+    ys = run(model, xs, fast=True, checkpoint=4)  # bernoulli spikes and dropout masks
     torch.manual_seed(5)  # the same draws in the same order: the same two time chunks, not checkpointed
-    ys_ref = torch.cat([run(ref, part, fast=True, chunk=2) for part in xs.split(4)])
+    ys_ref = torch.cat([run(ref, part, fast=True) for part in xs.split(4)])
     assert_equal_runs(model, ys, grads(model, xs, ys), ref, ys_ref, grads(ref, xs, ys_ref))
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_detach_every_is_truncated_bptt(k, uncompiled):
+def test_detach_every_is_truncated_bptt(k):
     model = randomize(mlp())
     ref = copy.deepcopy(model)
     xs = inputs("mlp")
-    ys = run(model, xs, fast=True, chunk=2, detach_every=k)
+    ys = run(model, xs, fast=True, detach_every=k)
     ys_ref = per_step(ref, xs, detach_every=k)
     assert_equal_runs(model, ys, grads(model, xs, ys), ref, ys_ref, grads(ref, xs, ys_ref))
     # and the gradient really is truncated: it differs from full BPTT's
@@ -301,7 +291,7 @@ def test_detach_every_is_truncated_bptt(k, uncompiled):
     assert not torch.allclose(g_full, g_trunc)
 
 
-def test_stateless_marks(uncompiled):
+def test_stateless_marks():
     class Scale(nn.Module):
         def forward(self, x):
             return 2 * x
@@ -344,7 +334,7 @@ def test_errors():
 
 @pytest.mark.slow
 def test_compiled_sequence_mode():
-    """The inductor path in sequence mode (float32, the chunk length the fast-scan tests compile)."""
+    """The kernel path in sequence mode, float32."""
     torch.manual_seed(0)
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
@@ -353,7 +343,7 @@ def test_compiled_sequence_mode():
         model = nn.Sequential(nn.Linear(6, 3), lib[0], nn.Linear(3, 3), lib[1])
         ref = copy.deepcopy(model)
         xs = torch.randn(5, 2, 6, requires_grad=True)
-        ys = run(model, xs, fast=True, chunk=2)
+        ys = run(model, xs, fast=True)
         ys_ref = per_step(ref, xs)
         torch.testing.assert_close(ys, ys_ref)
         for a, b in zip(grads(model, xs, ys), grads(ref, xs, ys_ref)):

@@ -11,7 +11,7 @@ tensors shaped like the input (neuron dimension last). The contract is Haiku's i
 
 from __future__ import annotations
 
-from . import constraints, fast, spikes
+from . import constraints, kernels, spikes
 from .constraints import (
     decay_to_halflife,
     decay_to_timesteps,
@@ -45,7 +45,7 @@ globals().update(STEPS)
 __all__ = [
     "constraints",
     "spikes",
-    "fast",
+    "kernels",
     "NAMES",
     "SPECS",
     "STEPS",

@@ -1,22 +1,23 @@
 """Time loops: run a pure step over a ``[T, ...]`` sequence.
 
 :func:`scan` is the one entry point. Any pure step runs as a plain Python loop over time; the 28
-built-in steps (``lib_step`` etc.) also have a fast path, ``torch.compile``'d chunks of the same
-generic step with a fused backward (:mod:`tracetorch.functional.fast`), picked automatically
-where it applies and pays.
+built-in steps (``lib_step`` etc.) run through the fused kernels of
+:mod:`tracetorch.functional.kernels` where they apply: one call for the whole sequence, forward
+and BPTT backward, generated from the same step.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .neurons import SPECS, NeuronSpec
-from .spikes import sigmoid4x
+from .neurons import SPECS, NeuronSpec, _generic_step
+from .spikes import Quantizer, resolve_quantizer, sigmoid4x
 
-__all__ = ["scan", "builtin_spec"]
+__all__ = ["scan", "scan_spec", "builtin_spec", "check_fast"]
 
 
 def builtin_spec(step: Callable[..., Any]) -> NeuronSpec | None:
@@ -28,6 +29,26 @@ def builtin_spec(step: Callable[..., Any]) -> NeuronSpec | None:
 
     spec = SPECS.get(name[: -len("_step")].upper())
     return spec if spec is not None and STEPS.get(name) is step else None
+
+
+def check_fast(owner: str, fast: Any) -> bool | None:
+    """``fast`` if it is ``None``, ``True`` or ``False``; a ``TypeError`` naming ``owner`` otherwise."""
+    if fast is None or isinstance(fast, bool):
+        return fast
+    raise TypeError(f"{owner}: fast must be None, True or False, received {fast!r}")
+
+
+def _check_chunk(owner: str, chunk: Any) -> None:
+    if chunk is None:
+        return
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"{owner}: chunk must be None or an int >= 1, received {chunk!r}")
+    warnings.warn(
+        f"{owner}: chunk= has no effect: the fused kernels run the whole sequence in one call "
+        "(the argument stays for compatibility and will be removed)",
+        FutureWarning,
+        stacklevel=3,
+    )
 
 
 def scan(
@@ -47,28 +68,28 @@ def scan(
         params: the step's params pytree.
         state: the initial state pytree (each leaf shaped like ``xs[0]``).
         xs: ``[T, ...]`` inputs, ``T >= 1``.
-        fast: for the 28 built-in steps only: ``None`` (default) takes the fused, compiled path
-            where it applies, the sequence is long enough to pay for compiling and the type has
-            come a few times already (see :mod:`tracetorch.functional.fast`), ``True`` insists on it (``ValueError`` if it
-            cannot run), ``False`` always runs the plain loop. Any other step runs the plain loop;
-            ``fast=True`` with one is refused.
-        chunk: steps per compiled function on the fast path (default 10).
+        fast: for the 28 built-in steps: ``None`` (default) runs the fused kernel where it applies
+            (see :mod:`tracetorch.functional.kernels`) and the plain loop elsewhere, ``True``
+            insists on the kernel (``ValueError`` saying why it cannot run), ``False`` always runs
+            the plain loop (so does ``TRACETORCH_FAST=0`` for ``None``). Any other step runs the
+            plain loop; ``fast=True`` with one is refused.
+        chunk: accepted for compatibility; it has no effect (a ``FutureWarning`` says so).
         **step_kwargs: passed to every ``step`` call (``spike_fn``, ``quant_fn`` for built-in steps).
 
     Returns:
         ``(ys, final_state)`` with ``ys`` of shape ``[T, ...]``.
     """
+    fast = check_fast("scan", fast)
     if not isinstance(xs, torch.Tensor) or xs.dim() < 1:
         raise ValueError(f"scan: xs must be a tensor [T, ...] with a leading time dimension, received {_describe(xs)}")
     if xs.shape[0] == 0:
         raise ValueError(f"scan: xs must hold at least one timestep, received shape {list(xs.shape)}")
+    _check_chunk("scan", chunk)
     spec = builtin_spec(step)
-    if spec is not None and (fast or fast is None):
+    if spec is not None and fast is not False:
         unknown = sorted(set(step_kwargs) - {"spike_fn", "quant_fn"})
         if unknown:
             raise TypeError(f"scan: {step.__name__} got unexpected keyword argument(s) {unknown}")
-        from .fast import scan_spec
-
         return scan_spec(
             spec,
             params,
@@ -77,7 +98,6 @@ def scan(
             spike_fn=step_kwargs.get("spike_fn", sigmoid4x),
             quant_fn=step_kwargs.get("quant_fn", "bernoulli"),
             fast=fast,
-            chunk=chunk,
         )
     if fast:
         raise ValueError(
@@ -85,6 +105,45 @@ def scan(
             f"received {getattr(step, '__name__', type(step).__name__)}; torch.compile your own loop instead"
         )
     return _loop(step, params, state, xs, step_kwargs)
+
+
+def scan_spec(
+    spec: NeuronSpec,
+    params: Any,
+    state: Any,
+    xs: torch.Tensor,
+    *,
+    spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
+    quant_fn: Quantizer = "bernoulli",
+    fast: bool | None = None,
+) -> tuple[torch.Tensor, Any]:
+    """Run the built-in type ``spec`` over ``xs`` ``[T, ..., N]``: ``(ys [T, ..., N], final state)``.
+
+    ``fast`` as in :func:`scan`. Params may be ``[]``, ``[N]`` or any shape that broadcasts to one
+    step of ``xs``. The kernel path's random quantizers draw from a seed taken from torch's
+    generator: the same distribution as the plain loop, not the same draws.
+    """
+    from . import kernels
+
+    quant = resolve_quantizer(quant_fn, spec.name)
+    if fast is not False and (fast or kernels.config.auto):
+        reason = kernels.kernel_reason(spec, params, state, xs, spike_fn, quant_fn)
+        if reason is None:
+            try:
+                return kernels.kernel_scan(
+                    spec, kernels.spike_tag(spike_fn) or "", kernels.quant_tag(spec, quant_fn), params, state, xs
+                )
+            except kernels.BuildError as err:  # no C compiler, or it failed: loud, and the plain loop
+                if fast:
+                    raise ValueError(f"scan: fast=True cannot run here: {err}") from err
+                kernels.warn_no_compiler(str(err).splitlines()[0])
+        elif fast:
+            raise ValueError(f"scan: fast=True cannot run here: {reason}")
+    ys = []
+    for x in xs.unbind(0):
+        y, state = _generic_step(spec, params, state, x, spike_fn, quant)
+        ys.append(y)
+    return torch.stack(ys), state
 
 
 def _loop(step: Callable[..., Any], params: Any, state: Any, xs: torch.Tensor, kwargs: dict[str, Any]):

@@ -8,8 +8,7 @@
   :func:`stateless` or :func:`register_stateless`) run once on all ``T*B`` rows: ``[T, B, ...]``
   is folded to ``[T*B, ...]`` and back;
 * **neuron layers** (every :class:`~tracetorch.nn.TTLayer`) run their time loop over ``T``
-  (:func:`tracetorch.functional.scan`: fused and compiled for the 28 built-in types where that
-  pays), starting from the layer's stored state and leaving the final state there, so per-step
+  (:func:`tracetorch.functional.scan`: one fused kernel call for the 28 built-in types), starting from the layer's stored state and leaving the final state there, so per-step
   calls and sequence calls interleave freely;
 * **anything else** in the chain (a module holding TTLayers inside, an unknown module, a
   ``BatchNorm`` in training mode, whose batch statistics and running averages are per step) runs
@@ -41,8 +40,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ..functional.fast import scan_spec
-from ..functional.time import _loop
+from ..functional.time import _check_chunk, _loop, check_fast, scan_spec
 from .layer import TTLayer
 from .neurons import NeuronLayer
 
@@ -272,7 +270,7 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
     """One neuron layer over ``xs`` ``[T, ...]`` (each step shaped as the layer's per-step input).
 
     Starts from the layer's stored state (zeros if none) and stores the final state, as ``T``
-    calls of ``layer(x_t)`` would. Returns ``ys`` ``[T, ...]``.
+    calls of ``layer(x_t)`` would. Returns ``ys`` ``[T, ...]``. ``chunk`` has no effect.
     """
     if not isinstance(xs, torch.Tensor) or xs.dim() < 2:
         raise ValueError(
@@ -290,9 +288,7 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
         if trailing:
             params = type(params)(*(p.reshape(*p.shape, *(1,) * trailing) if p.dim() == 1 else p for p in params))
         quant = layer.quant_fn if isinstance(layer.quant_fn, str) else layer._quant or "round"
-        ys, new = scan_spec(
-            layer.spec, params, state, xs, spike_fn=layer.spike_fn, quant_fn=quant, fast=fast, chunk=chunk
-        )
+        ys, new = scan_spec(layer.spec, params, state, xs, spike_fn=layer.spike_fn, quant_fn=quant, fast=fast)
     else:
         d = layer.dim % x0.dim() + 1
         work = layer._to_working_dim
@@ -371,9 +367,9 @@ def run(
             runs step by step, with the same results.
         xs: ``[T, B, ...]``: ``xs[t]`` is what ``model(x)`` would receive at step ``t``.
         fast: for the built-in neuron layers' time loops (see :func:`tracetorch.functional.scan`):
-            ``None`` picks the fused, compiled loop where it applies and pays, ``True`` insists,
-            ``False`` runs the plain loop.
-        chunk: steps per compiled function on the fast path (default 10).
+            ``None`` runs the fused kernels where they apply, ``True`` insists, ``False`` runs the
+            plain step loop.
+        chunk: accepted for compatibility; no effect (a ``FutureWarning`` says so).
         checkpoint: gradient checkpointing over chunks of this many steps: each chunk's
             activations are dropped after the forward and recomputed in the backward (random
             draws replayed); the memory of one chunk instead of the whole sequence, for about one
@@ -396,6 +392,8 @@ def run(
         )
     if xs.shape[0] == 0:
         raise ValueError(f"run: xs must hold at least one timestep, received shape {list(xs.shape)}")
+    fast = check_fast("run", fast)
+    _check_chunk("run", chunk)
     checkpoint, detach_every = _positive("checkpoint", checkpoint), _positive("detach_every", detach_every)
     steps = plan(model, xs)
     layers = [layer for _, layer in named_layers(model)]

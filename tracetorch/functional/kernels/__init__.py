@@ -1,0 +1,156 @@
+"""Fused sequence kernels generated from the neuron specs: the engine behind ``scan(..., fast=...)``.
+
+How a kernel comes to be, for one ``(type, spike function, quantizer, dtype)``:
+
+1. :mod:`.trace` runs the functional core's own ``_generic_step`` on symbolic scalars, recording
+   one timestep of one neuron as straight-line code, and derives its reverse-mode adjoint op by
+   op (so the kernels compute exactly the plain step, forward and backward; see the maths page,
+   "Fused kernels: the backward pass");
+2. :mod:`.cpu` prints that code as C inside an OpenMP time loop (state in L1, elements
+   vectorized) and builds it with the system C compiler, cached on disk; :mod:`.gpu` prints it as a
+   Triton kernel;
+3. :mod:`.ops` registers the two generic ops ``tracetorch::neuron_scan`` and
+   ``tracetorch::neuron_scan_backward`` with ``torch.library`` (fake kernels, autograd), so
+   ``torch.compile(fullgraph=True)`` runs through them.
+
+Selection (:func:`kernel_reason`): the kernel path serves the 28 built-in steps with a built-in
+spike function (``Sigmoid``, ``FastSigmoid``, ``Atan``, ``Triangle``, ``Erf``) and a named quantizer,
+on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), outside
+``torch.func`` transforms. Anything else runs the plain step loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .cpu import BuildError, cache_dir
+from .ops import DoubleBackwardError, get_kernel, kernel_scan, spike_tag
+
+__all__ = [
+    "KernelConfig",
+    "config",
+    "kernel_reason",
+    "kernel_scan",
+    "spike_tag",
+    "quant_tag",
+    "cache_dir",
+    "clear_cache",
+    "BuildError",
+    "DoubleBackwardError",
+    "warn_no_compiler",
+]
+
+
+@dataclass
+class KernelConfig:
+    """Settings of the kernel engine (module-level: ``tracetorch.functional.kernels.config``).
+
+    Attributes:
+        auto: ``fast=None`` takes the kernel path where it applies; ``False`` (or the environment
+            variable ``TRACETORCH_FAST=0`` at import) makes ``fast=None`` run the plain loop.
+    """
+
+    auto: bool = os.environ.get("TRACETORCH_FAST", "1") != "0"
+
+
+#: The kernel engine's settings.
+config = KernelConfig()
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+_GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_NO_COMPILER_WARNED = threading.Event()
+
+
+def quant_tag(spec: Any, quant_fn: Any) -> str | None:
+    """The quantizer's name for the kernels (``"none"`` for the LI family), ``None`` for a custom callable."""
+    from ..spikes import QUANTIZERS
+
+    if not spec.fires:
+        return "none"
+    if isinstance(quant_fn, str):
+        return quant_fn if quant_fn in QUANTIZERS else None
+    for name, fn in QUANTIZERS.items():
+        if quant_fn is fn:
+            return name
+    return None
+
+
+def _gpu_ready() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "CUDA tensors need Triton (it ships with torch's CUDA builds)"
+    return None
+
+
+def kernel_reason(spec: Any, params: Any, state: Any, xs: torch.Tensor, spike_fn: Any, quant_fn: Any) -> str | None:
+    """Why the kernel path cannot run this call (a sentence), or ``None`` when it can.
+
+    Checks shapes, dtypes, devices, the spike function and quantizer, ``torch.func`` transforms
+    and devices; whether a C compiler is there shows when the kernel is built.
+    """
+    if quant_tag(spec, quant_fn) is None:
+        return "the kernels handle the quantizers 'round', 'bernoulli' and 'probabilistic', not a custom callable"
+    if spec.fires and spike_tag(spike_fn) is None:
+        return (
+            "the kernels handle the built-in spike functions (Sigmoid, FastSigmoid, Atan, Triangle, Erf), "
+            f"not {type(spike_fn).__name__}"
+        )
+    if torch._C._are_functorch_transforms_active():
+        return "the kernels do not run under torch.func transforms (vmap, grad, ...); the plain loop does"
+    tensors = [*params, *state, xs]
+    if not all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors):
+        return "params, state and xs must be plain tensors"
+    if xs.dim() < 2:
+        return "xs must be [T, ..., N]"
+    if any(t.dtype != xs.dtype or t.device != xs.device for t in tensors):
+        return "params, state and xs must share one dtype and device"
+    if xs.device.type == "cpu":
+        if xs.dtype not in _CPU_DTYPES:
+            return f"the CPU kernels take float32 and float64, not {xs.dtype}"
+    elif xs.device.type == "cuda":
+        if xs.dtype not in _GPU_DTYPES:
+            return f"the GPU kernels take float16, bfloat16, float32 and float64, not {xs.dtype}"
+        why = _gpu_ready()
+        if why:
+            return why
+    else:
+        return f"no kernels for device {xs.device.type!r}"
+    shape = xs.shape[1:]
+    if any(t.shape != shape for t in state):
+        return "every state field must have the shape of one step of xs"
+    try:
+        if any(torch.broadcast_shapes(p.shape, shape) != shape for p in params):
+            return "params must broadcast to one step of xs"
+    except RuntimeError:
+        return "params must broadcast to one step of xs"
+    return None
+
+
+def warn_no_compiler(reason: str) -> None:
+    """Warn once per process that the kernels cannot be built here and the plain loop runs."""
+    if not _NO_COMPILER_WARNED.is_set():
+        _NO_COMPILER_WARNED.set()
+        warnings.warn(
+            f"tracetorch: {reason}; sequences run the plain step loop (correct, slower). "
+            "Install a C compiler for the fused kernels, or pass fast=False to silence this.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def clear_cache() -> None:
+    """Forget the kernels traced and loaded in this process (the disk cache stays)."""
+    from . import cpu
+
+    get_kernel.cache_clear()
+    with cpu._LOCK:
+        cpu._LOADED.clear()
+        cpu._COMPILER.clear()
+    _NO_COMPILER_WARNED.clear()

@@ -1,0 +1,112 @@
+"""Print a traced step and its adjoint as code: the part the C and Triton backends share.
+
+A backend supplies a :class:`Dialect` (how to spell a constant, a select, ``sigmoid``, the
+quantizers' draws, ...); :func:`forward_lines` and :func:`backward_lines` turn the graph of
+:mod:`.trace` into straight-line assignments of one timestep for one neuron (C) or one block of
+neurons (Triton). The backends wrap them in their time loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .trace import BOOLEAN, Adjoint, Traced
+
+__all__ = ["Dialect", "forward_lines", "backward_lines"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a backend spells the graph's operations. Each callable takes operand strings."""
+
+    const: Callable[[float], str]
+    select: Callable[[str, str, str], str]
+    call: dict[str, Callable[..., str]]
+    quant: Callable[[str, str, int], str]  # (quantizer name, probability, site) -> spike
+    declare: Callable[[str, str, bool], str]  # (name, expression, boolean?) -> one statement
+    logical: dict[str, str]  # "and" / "or" / "not" spellings
+
+
+_BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_CMP = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "eq": "==", "ne": "!="}
+
+
+def _node_expr(d: Dialect, op: str, a: list[str], attr, quant: str) -> str:
+    if op in _BIN:
+        return f"({a[0]} {_BIN[op]} {a[1]})"
+    if op in _CMP:
+        return f"({a[0]} {_CMP[op]} {a[1]})"
+    if op == "neg":
+        return f"(-{a[0]})"
+    if op == "where":
+        return d.select(a[0], a[1], a[2])
+    if op == "clamp":
+        lo, hi = d.const(attr[0]), d.const(attr[1])
+        return d.select(f"({a[0]} < {lo})", lo, d.select(f"({a[0]} > {hi})", hi, a[0]))
+    if op == "quant":
+        return d.quant(quant, a[0], attr)
+    if op in ("and", "or"):
+        return f"({a[0]} {d.logical[op]} {a[1]})"
+    if op == "not":
+        return f"({d.logical['not']}{a[0]})"
+    return d.call[op](*a)
+
+
+def forward_lines(tr: Traced, d: Dialect, quant: str, leaf: Callable[[str, int], str]) -> list[str]:
+    """Assignments ``v<n> = ...`` for every node; ``leaf(kind, k)`` spells the inputs (x, state k, param k)."""
+    out = []
+    for n, node in enumerate(tr.graph.nodes):
+        if node.op in ("x", "state", "param"):
+            expr = leaf(node.op, node.attr or 0)
+        elif node.op == "const":
+            expr = d.const(node.attr)
+        else:
+            expr = _node_expr(d, node.op, [f"v{i}" for i in node.args], node.attr, quant)
+        out.append(d.declare(f"v{n}", expr, node.op in BOOLEAN))
+    return out
+
+
+def _term(d: Dialect, e: tuple, seed: Callable[[tuple], str]) -> str:
+    kind = e[0]
+    if kind == "v":
+        return f"v{e[1]}"
+    if kind == "g":
+        return f"g{e[1]}"
+    if kind == "c":
+        return d.const(e[1])
+    if kind in ("seed_y", "seed_state"):
+        return seed(e)
+    if kind in _BIN:
+        return f"({_term(d, e[1], seed)} {_BIN[kind]} {_term(d, e[2], seed)})"
+    if kind == "neg":
+        return f"(-{_term(d, e[1], seed)})"
+    if kind == "select":
+        return d.select(_term(d, e[1], seed), _term(d, e[2], seed), _term(d, e[3], seed))
+    if kind == "inside":
+        v = _term(d, e[1], seed)
+        return f"(({v} >= {d.const(e[2])}) {d.logical['and']} ({v} <= {d.const(e[3])}))"
+    if kind == "sign":
+        v = _term(d, e[1], seed)
+        zero, one = d.const(0.0), d.const(1.0)
+        return d.select(f"({v} > {zero})", one, d.select(f"({v} < {zero})", f"(-{one})", zero))
+    if kind == "exp":
+        return d.call["exp"](_term(d, e[1], seed))
+    raise ValueError(f"codegen: unknown adjoint term {kind}")  # pragma: no cover
+
+
+def backward_lines(tr: Traced, adj: Adjoint, d: Dialect, seed: Callable[[tuple], str]) -> tuple[list[str], dict]:
+    """Assignments ``g<n> = ...`` (after :func:`forward_lines`), and the adjoint names of the leaves.
+
+    ``seed(("seed_y",))`` spells the incoming gradient of ``y``, ``seed(("seed_state", k))`` that of
+    new state ``k``. Returns the lines and ``{"x": str, "state": [str], "param": [str]}``, each the
+    adjoint's name or the constant zero where no gradient reaches that leaf.
+    """
+    lines = []
+    for n in adj.order:
+        expr = " + ".join(_term(d, t, seed) for t in adj.terms[n])
+        lines.append(d.declare(f"g{n}", expr, False))
+    done = set(adj.order)
+    name = lambda n: f"g{n}" if n in done else d.const(0.0)  # noqa: E731
+    leaves = {"x": name(tr.x), "state": [name(n) for n in tr.state], "param": [name(n) for n in tr.params]}
+    return lines, leaves

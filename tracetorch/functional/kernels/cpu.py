@@ -1,0 +1,346 @@
+"""The CPU backend: the traced step printed as C with OpenMP, built by the system compiler, cached on disk.
+
+Each kernel is one C file with two functions, ``tt_forward`` and ``tt_backward``, for one
+``(type, spike function, quantizer, dtype)``. The elements of one timestep (``S`` of them: batch
+times neurons) are cut into blocks; each OpenMP thread takes whole blocks and runs the entire
+time loop over its block with the state in a small array that stays in L1 cache, the loop over
+the block's elements vectorized (``#pragma omp simd``). The backward runs time in reverse with
+the same blocking, recomputing each step's forward from the saved state before it.
+
+Floating point: ``-O3 -ffp-contract=off``: no fused multiply-adds, no reassociation and no
+``-ffast-math``, so every add and multiply rounds as torch's do and a membrane lands on the same
+side of its threshold as in the plain step; ``-fno-math-errno -fno-trapping-math`` let ``rint``
+and the selects vectorize. The float32 ``exp`` (inside ``sigmoid``) is our own vectorizable
+range-reduced polynomial, within about one ulp of libm's; float64 uses libm's ``exp``.
+
+Build: ``$TRACETORCH_CC``, else ``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on PATH; with
+``-fopenmp`` where the compiler links it (else single-threaded). Libraries land in
+``$TRACETORCH_CACHE_DIR`` (default ``$XDG_CACHE_HOME/tracetorch`` or ``~/.cache/tracetorch``), named
+by a hash of the source, flags, compiler version and CPU, written to a temporary file and renamed
+into place, so two processes building the same kernel at once never see half a file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from .codegen import Dialect, backward_lines, forward_lines
+from .trace import Adjoint, Traced
+
+__all__ = ["c_source", "Compiler", "compiler", "cache_dir", "load", "BuildError"]
+
+BLOCK = {"float": 1024, "double": 512}
+
+
+class BuildError(RuntimeError):
+    """The C compiler is missing or failed."""
+
+
+# ---- C source -----------------------------------------------------------------------------------
+
+_PRELUDE = r"""
+#include <math.h>
+#include <stdint.h>
+typedef REAL real;
+#define TT_BLOCK BLOCKSIZE
+
+static inline real tt_exp(real x) {
+#if TT_DOUBLE
+    return exp(x);
+#else
+    /* exp(x) = 2^n * e^r, |r| <= ln2/2: Cody-Waite reduction, degree-6 minimax polynomial (~1 ulp);
+       NaN stays NaN, overflow gives inf, underflow 0; the scale is applied in two halves */
+    float xc = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
+    float n = __builtin_rintf(xc * 1.44269504088896341f);
+    float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t ni = (int32_t)n;
+    int32_t n1 = ni >> 1, n2 = ni - n1;
+    union { uint32_t i; float f; } s1, s2;
+    s1.i = (uint32_t)(n1 + 127) << 23;
+    s2.i = (uint32_t)(n2 + 127) << 23;
+    return x != x ? x : p * s1.f * s2.f;
+#endif
+}
+
+static inline real tt_sigmoid(real x) { return (real)1 / ((real)1 + tt_exp(-x)); }
+
+static inline uint32_t tt_mix(uint32_t h) {
+    h ^= h >> 16; h *= 0x7feb352dU; h ^= h >> 15; h *= 0x846ca68bU; h ^= h >> 16;
+    return h;
+}
+
+/* a uniform draw in [0, 1) for (seed, counter, site): a counter-based hash, so the backward
+   recomputes exactly the forward's draws instead of storing them */
+static inline real tt_uniform(uint64_t seed, uint64_t ctr, uint32_t site) {
+    uint32_t h = tt_mix((uint32_t)ctr ^ (uint32_t)seed);
+    h = tt_mix(h ^ (uint32_t)(ctr >> 32) ^ (site * 0x9e3779b9U));
+    h = tt_mix(h + (uint32_t)(seed >> 32));
+    return (real)(h >> 8) * (real)5.9604644775390625e-08;
+}
+"""
+
+
+def _c_const(value: float, real: str) -> str:
+    if value != value:
+        return "((real)NAN)"
+    if value in (float("inf"), float("-inf")):
+        return f"({'-' if value < 0 else ''}(real)INFINITY)"
+    return f"((real){value.hex()})"
+
+
+def _dialect(real: str) -> Dialect:
+    f = "f" if real == "float" else ""
+    return Dialect(
+        const=lambda v: _c_const(v, real),
+        select=lambda c, a, b: f"({c} ? {a} : {b})",
+        call={
+            "sigmoid": lambda a: f"tt_sigmoid({a})",
+            "exp": lambda a: f"tt_exp({a})",
+            "atan": lambda a: f"atan{f}({a})",
+            "erf": lambda a: f"erf{f}({a})",
+            "abs": lambda a: f"__builtin_fabs{f}({a})",
+            "isnan": lambda a: f"({a} != {a})",
+        },
+        quant=_c_quant,
+        declare=lambda name, expr, boolean: f"const {'int' if boolean else 'real'} {name} = {expr};",
+        logical={"and": "&&", "or": "||", "not": "!"},
+    )
+
+
+def _c_quant(quant: str, p: str, site: int) -> str:
+    if quant == "round":
+        return f"TT_RINT({p})"
+    fire = f"({p} != {p} ? {p} : (tt_uniform(seed, ctr, {site}u) < {p} ? (real)1 : (real)0))"
+    return fire if quant == "bernoulli" else f"({p} * {fire})"
+
+
+def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
+    """The C file of one kernel: ``tt_forward`` (and ``tt_backward`` when ``adj`` is given)."""
+    d = _dialect(real)
+    ns, np_ = len(tr.state), len(tr.params)
+    fwd = forward_lines(tr, d, quant, lambda kind, k: {"x": "xt[j]", "state": f"s{k}[j]", "param": f"p{k}[j]"}[kind])
+    head = _PRELUDE.replace("REAL", real).replace("BLOCKSIZE", str(BLOCK[real]))
+    head = (
+        f"#define TT_DOUBLE {int(real == 'double')}\n#define TT_RINT __builtin_rint{'f' if real == 'float' else ''}\n"
+        + head
+    )
+
+    def block_setup(grad: bool) -> list[str]:
+        lines = [
+            "const long i0 = b * TT_BLOCK;",
+            "const int w = (int)(S - i0 < TT_BLOCK ? S - i0 : TT_BLOCK);",
+        ]
+        for k in range(np_):
+            lines.append(f"real p{k}[TT_BLOCK];")
+            lines.append(f"for (int j = 0; j < w; j++) p{k}[j] = prm[{k}][((i0 + j) / pin[{k}]) % pn[{k}]];")
+        for k in range(ns):
+            lines.append(f"real s{k}[TT_BLOCK];")
+            src = f"gstT[{k}]" if grad else f"st0[{k}]"
+            lines.append(
+                f"for (int j = 0; j < w; j++) s{k}[j] = {src} ? {src}[i0 + j] : (real)0;"
+                if grad
+                else f"for (int j = 0; j < w; j++) s{k}[j] = {src}[i0 + j];"
+            )
+        return lines
+
+    fw = [
+        "void tt_forward(long T, long S, const real* xs, real* ys, const real* const* st0, real* const* stT,",
+        "                real* saved, const real* const* prm, const long* pn, const long* pin, uint64_t seed,",
+        "                int nthreads) {",
+        "    const long nblk = (S + TT_BLOCK - 1) / TT_BLOCK;",
+        "    #pragma omp parallel for num_threads(nthreads) schedule(static)",
+        "    for (long b = 0; b < nblk; b++) {",
+        *("        " + s for s in block_setup(False)),
+        "        for (long t = 0; t < T; t++) {",
+        "            const real* xt = xs + t * S + i0;",
+        "            real* yt = ys + t * S + i0;",
+        "            #pragma omp simd",
+        "            for (int j = 0; j < w; j++) {",
+        "                const uint64_t ctr = (uint64_t)(t * S + i0 + j); (void)ctr;",
+        *("                " + s for s in fwd),
+        f"                yt[j] = v{tr.y};",
+        *(f"                s{k}[j] = v{n};" for k, n in enumerate(tr.new_state)),
+        "            }",
+        "            if (saved) {",
+        *(
+            f"                for (int j = 0; j < w; j++) saved[({k} * T + t) * S + i0 + j] = s{k}[j];"
+            for k in range(ns)
+        ),
+        "            }",
+        "        }",
+        *(f"        for (int j = 0; j < w; j++) stT[{k}][i0 + j] = s{k}[j];" for k in range(ns)),
+        "    }",
+        "}",
+    ]
+    if adj is None:
+        return head + "\n".join(fw) + "\n"
+    seed = lambda e: "gyt[j]" if e[0] == "seed_y" else f"s{e[1]}[j]"  # noqa: E731 (s<k> holds the adjoint)
+    bl, leaves = backward_lines(tr, adj, d, seed)
+    fwd_b = forward_lines(tr, d, quant, lambda kind, k: {"x": "xt[j]", "state": f"o{k}[j]", "param": f"p{k}[j]"}[kind])
+    bw = [
+        "void tt_backward(long T, long S, const real* xs, const real* const* st0, const real* saved,",
+        "                 const real* const* prm, const long* pn, const long* pin, uint64_t seed,",
+        "                 const real* gys, const real* const* gstT, real* gxs, real* const* gst0,",
+        "                 real* const* gprm, int nthreads) {",
+        "    const long nblk = (S + TT_BLOCK - 1) / TT_BLOCK;",
+        "    #pragma omp parallel for num_threads(nthreads) schedule(static)",
+        "    for (long b = 0; b < nblk; b++) {",
+        *("        " + s for s in block_setup(True)),
+        *(f"        real q{k}[TT_BLOCK];" for k in range(np_)),
+        *(f"        for (int j = 0; j < w; j++) q{k}[j] = (real)0;" for k in range(np_)),
+        "        for (long t = T - 1; t >= 0; t--) {",
+        "            const real* xt = xs + t * S + i0;",
+        "            const real* gyt = gys + t * S + i0;",
+        "            real* gxt = gxs + t * S + i0;",
+        *(f"            const real* o{k} = t ? saved + ({k} * T + t - 1) * S + i0 : st0[{k}] + i0;" for k in range(ns)),
+        "            #pragma omp simd",
+        "            for (int j = 0; j < w; j++) {",
+        "                const uint64_t ctr = (uint64_t)(t * S + i0 + j); (void)ctr;",
+        *("                " + s for s in fwd_b),
+        *("                " + s for s in bl),
+        f"                gxt[j] = {leaves['x']};",
+        *(f"                s{k}[j] = {leaves['state'][k]};" for k in range(ns)),
+        *(f"                q{k}[j] += {leaves['param'][k]};" for k in range(np_)),
+        "            }",
+        "        }",
+        *(f"        for (int j = 0; j < w; j++) gst0[{k}][i0 + j] = s{k}[j];" for k in range(ns)),
+        *(f"        for (int j = 0; j < w; j++) gprm[{k}][i0 + j] = q{k}[j];" for k in range(np_)),
+        "    }",
+        "}",
+    ]
+    return head + "\n".join(fw) + "\n\n" + "\n".join(bw) + "\n"
+
+
+# ---- the compiler and the cache -----------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$TRACETORCH_CACHE_DIR``, else the user's cache directory."""
+    env = os.environ.get("TRACETORCH_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tracetorch"
+
+
+class Compiler:
+    """A C compiler found on this machine: its path, version line and whether it links OpenMP."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+            self.version = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else path
+        except (OSError, subprocess.SubprocessError) as err:
+            raise BuildError(f"the C compiler {path!r} does not run: {err}") from None
+        self.base_flags = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
+        if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+            self.base_flags.append("-march=native" if platform.machine() in ("x86_64", "AMD64") else "-mcpu=native")
+        self.openmp: bool | None = None  # decided by the first build
+
+    def flags(self) -> list[str]:
+        return [*self.base_flags, "-fopenmp" if self.openmp is not False else "-fopenmp-simd"]
+
+
+_COMPILER: dict[str, Compiler | BuildError] = {}
+_LOCK = threading.Lock()
+
+
+def _find_compiler() -> str | None:
+    for name in (os.environ.get("TRACETORCH_CC"), os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name:
+            found = shutil.which(name)
+            if found:
+                return found
+            if os.environ.get("TRACETORCH_CC") == name:
+                return None  # an explicit choice that does not exist: no silent substitute
+    return None
+
+
+def compiler() -> Compiler:
+    """The C compiler (found once per process and setting); :class:`BuildError` if there is none."""
+    key = f"{os.environ.get('TRACETORCH_CC')}|{os.environ.get('CC')}|{os.environ.get('PATH')}"
+    with _LOCK:
+        found = _COMPILER.get(key)
+        if found is None:
+            path = _find_compiler()
+            try:
+                if path is None:
+                    raise BuildError("no C compiler found (set TRACETORCH_CC or CC, or install gcc or clang)")
+                found = Compiler(path)
+            except BuildError as err:
+                found = err
+            _COMPILER[key] = found
+    if isinstance(found, BuildError):
+        raise found
+    return found
+
+
+def _cpu_tag() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))][:2]
+        return "|".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+_LOADED: dict[str, ctypes.CDLL] = {}
+
+
+def _build(cc: Compiler, source: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, c_path = tempfile.mkstemp(suffix=".c", prefix=target.stem + ".", dir=target.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(source)
+    so_tmp = c_path[:-2] + ".so"
+    try:
+        while True:
+            cmd = [cc.path, *cc.flags(), c_path, "-o", so_tmp, "-lm"]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if out.returncode == 0:
+                if cc.openmp is None:
+                    cc.openmp = True
+                break
+            if cc.openmp is None:  # first build: maybe the compiler has no OpenMP runtime; try without
+                cc.openmp = False
+                continue
+            raise BuildError(f"building a tracetorch kernel with {cc.path} failed:\n{out.stderr[-2000:]}")
+        os.replace(so_tmp, target)
+    finally:
+        for p in (c_path, so_tmp):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+def load(source: str) -> ctypes.CDLL:
+    """The built library of ``source``: from this process's memory, the disk cache, or a fresh build."""
+    cc = compiler()
+    digest = hashlib.sha256("\0".join([source, " ".join(cc.base_flags), cc.version, _cpu_tag()]).encode()).hexdigest()[
+        :32
+    ]
+    with _LOCK:
+        lib = _LOADED.get(digest)
+        if lib is not None:
+            return lib
+        target = cache_dir() / f"tt_{digest}.so"
+        if not target.exists():
+            _build(cc, source, target)
+        lib = _LOADED[digest] = ctypes.CDLL(str(target))
+        return lib

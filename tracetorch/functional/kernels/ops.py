@@ -1,0 +1,328 @@
+"""The kernels as ``torch.library`` custom ops, with fake (meta) kernels and autograd.
+
+Two ops, generic over every neuron type (the type, spike function and quantizer are string
+arguments, so one schema serves all 28 and ``torch.compile`` sees one opaque call per layer):
+
+* ``tracetorch::neuron_scan(xs [T, S], state [S]..., params [n_p]..., ...) -> (ys, final state, saved)``
+* ``tracetorch::neuron_scan_backward(...) -> (grad xs, grad initial state, grad params per element)``
+
+``saved`` is ``[n_state, T, S]``: the state after every step, kept for the backward (empty when no
+gradient is needed). The backward op is itself differentiable only into a clear error: a second
+derivative through the kernels (a gradient penalty, say) raises and says to use ``fast=False``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import math
+import threading
+from functools import cache
+from typing import Any
+
+import torch
+
+from .. import spikes
+from ..neurons import SPECS, NeuronSpec
+from . import cpu
+from .trace import Traced, adjoint, builtin_spike_kind, trace_step
+
+__all__ = ["neuron_scan", "kernel_scan", "spike_tag", "Kernel", "get_kernel", "uniform_draws"]
+
+_DTYPES = {torch.float32: "float", torch.float64: "double"}
+
+
+def spike_tag(spike_fn: Any) -> str | None:
+    """A string naming a built-in spike function and its constant (``"Sigmoid:4.0"``), else ``None``."""
+    kind = builtin_spike_kind(spike_fn)
+    if kind is None:
+        return None
+    (f,) = dataclasses.fields(spike_fn)
+    return f"{kind}:{float(getattr(spike_fn, f.name))!r}"
+
+
+def _spike_from_tag(tag: str) -> Any:
+    kind, value = tag.split(":")
+    return getattr(spikes, kind)(float(value))
+
+
+class Kernel:
+    """The traced step of one ``(type, spike function, quantizer)`` and its built C functions per dtype."""
+
+    def __init__(self, kind: str, spike: str, quant: str) -> None:
+        self.spec: NeuronSpec = SPECS[kind]
+        self.quant = quant
+        self.traced: Traced = trace_step(self.spec, _spike_from_tag(spike))
+        self.adjoint = adjoint(self.traced, quant)
+        self._libs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def source(self, real: str) -> str:
+        """The C source of this kernel for ``real`` (``"float"`` or ``"double"``)."""
+        return cpu.c_source(self.traced, self.adjoint, self.quant, real)
+
+    def lib(self, real: str) -> Any:
+        """The loaded C library for ``real``, built (or read from the disk cache) on first use."""
+        with self._lock:
+            lib = self._libs.get(real)
+            if lib is None:
+                lib = cpu.load(self.source(real))
+                ptr, long_, u64, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_uint64, ctypes.c_int
+                lib.tt_forward.argtypes = [long_, long_, *[ptr] * 8, u64, int_]
+                lib.tt_forward.restype = None
+                lib.tt_backward.argtypes = [long_, long_, *[ptr] * 6, u64, *[ptr] * 5, int_]
+                lib.tt_backward.restype = None
+                self._libs[real] = lib
+            return lib
+
+
+@cache
+def get_kernel(kind: str, spike: str, quant: str) -> Kernel:
+    """The (cached, thread-safe) kernel of a type, spike tag and quantizer name (``"none"`` for LI)."""
+    return Kernel(kind, spike, quant)
+
+
+def _ptrs(tensors: list[torch.Tensor | None]) -> ctypes.Array:
+    return (ctypes.c_void_p * max(1, len(tensors)))(*[0 if t is None else t.data_ptr() for t in tensors])
+
+
+def _longs(values: list[int]) -> ctypes.Array:
+    return (ctypes.c_long * max(1, len(values)))(*values)
+
+
+def _seed(seed: torch.Tensor) -> int:
+    return int(seed.item()) & 0xFFFFFFFFFFFFFFFF
+
+
+def _mix(h: torch.Tensor) -> torch.Tensor:
+    m = 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & m
+    h = h ^ (h >> 15)
+    h = (h * 0x846CA68B) & m
+    return h ^ (h >> 16)
+
+
+def uniform_draws(seed: int, T: int, S: int, sites: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """The CPU kernels' uniform draws ``[T, sites, S]`` for ``seed``, computed with torch ops.
+
+    Draw ``(t, site, i)`` hashes the counter ``t*S + i`` with the seed and the site (the quantizer
+    call within the step: 0 for ``s_pos``/``s``, 1 for ``s_neg``); spikes fire where ``draw < p``.
+    The plain loop draws with ``torch.bernoulli`` instead: the same distribution, other samples.
+    """
+    seed &= 0xFFFFFFFFFFFFFFFF
+    lo, hi, m = seed & 0xFFFFFFFF, seed >> 32, 0xFFFFFFFF
+    ctr = torch.arange(T * S, dtype=torch.int64).reshape(T, 1, S)
+    site = torch.arange(sites, dtype=torch.int64).reshape(1, sites, 1)
+    h = _mix((ctr & m) ^ lo)
+    h = _mix(h ^ (ctr >> 32) ^ ((site * 0x9E3779B9) & m))
+    h = _mix((h + hi) & m)
+    return (h >> 8).to(dtype) * 2.0**-24
+
+
+# ---- the ops ------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("tracetorch::neuron_scan", mutates_args=())
+def neuron_scan(
+    xs: torch.Tensor,
+    state: list[torch.Tensor],
+    params: list[torch.Tensor],
+    kind: str,
+    spike: str,
+    quant: str,
+    layout: list[int],
+    seed: torch.Tensor,
+    save: bool,
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    """Run a neuron type over ``xs`` ``[T, S]`` from ``state`` (each ``[S]``).
+
+    ``params[k]`` is ``[n_k]``, read at element ``i`` as ``params[k][(i // inner_k) % n_k]`` with
+    ``layout = [n_0, inner_0, n_1, inner_1, ...]``. ``seed`` (an int64 scalar tensor) keys the
+    random quantizers' draws. Returns ``(ys [T, S], final state [S]..., saved [n_state, T, S] or [0])``.
+    """
+    xs = xs.contiguous()
+    state = [s.contiguous() for s in state]
+    params = [p.contiguous() for p in params]
+    T, S = xs.shape
+    ys = torch.empty_like(xs)
+    final = [torch.empty_like(s) for s in state]
+    saved = xs.new_empty((len(state), T, S) if save else (0,))
+    if xs.device.type == "cuda":
+        from . import gpu
+
+        gpu.forward(get_kernel(kind, spike, quant), xs, state, params, layout, seed, ys, final, saved if save else None)
+        return ys, final, saved
+    lib = get_kernel(kind, spike, quant).lib(_DTYPES[xs.dtype])
+    lib.tt_forward(
+        T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
+        _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), torch.get_num_threads(),
+    )  # fmt: skip
+    return ys, final, saved
+
+
+@neuron_scan.register_fake
+def _(xs, state, params, kind, spike, quant, layout, seed, save):
+    T, S = xs.shape
+    saved = xs.new_empty((len(state), T, S) if save else (0,))
+    return torch.empty_like(xs), [torch.empty_like(s) for s in state], saved
+
+
+@torch.library.custom_op("tracetorch::neuron_scan_backward", mutates_args=())
+def neuron_scan_backward(
+    xs: torch.Tensor,
+    state: list[torch.Tensor],
+    params: list[torch.Tensor],
+    kind: str,
+    spike: str,
+    quant: str,
+    layout: list[int],
+    seed: torch.Tensor,
+    saved: torch.Tensor,
+    grad_ys: torch.Tensor,
+    grad_final: list[torch.Tensor],
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """The BPTT backward of :func:`neuron_scan`: gradients wrt ``xs``, the initial state, and each
+    param *per element* (``[S]`` each; the caller sums them to the param's shape)."""
+    xs, saved, grad_ys = xs.contiguous(), saved.contiguous(), grad_ys.contiguous()
+    state = [s.contiguous() for s in state]
+    params = [p.contiguous() for p in params]
+    grad_final = [g.contiguous() for g in grad_final]
+    T, S = xs.shape
+    gxs = torch.empty_like(xs)
+    gstate = [torch.empty_like(s) for s in state]
+    gparams = [xs.new_empty(S) for _ in params]
+    if xs.device.type == "cuda":
+        from . import gpu
+
+        gpu.backward(
+            get_kernel(kind, spike, quant), xs, state, params, layout, seed, saved, grad_ys, grad_final,
+            gxs, gstate, gparams,
+        )  # fmt: skip
+        return gxs, gstate, gparams
+    lib = get_kernel(kind, spike, quant).lib(_DTYPES[xs.dtype])
+    lib.tt_backward(
+        T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
+        _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
+        _ptrs(gparams), torch.get_num_threads(),
+    )  # fmt: skip
+    return gxs, gstate, gparams
+
+
+@neuron_scan_backward.register_fake
+def _(xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final):
+    S = xs.shape[1]
+    return torch.empty_like(xs), [torch.empty_like(s) for s in state], [xs.new_empty(S) for _ in params]
+
+
+def _setup(ctx, inputs, output) -> None:
+    xs, state, params, kind, spike, quant, layout, seed, save = inputs
+    ctx.meta = (kind, spike, quant, list(layout), len(state), len(params))
+    ctx.save_for_backward(xs, seed, output[2], *state, *params)
+
+
+def _backward(ctx, grad_ys, grad_final, _grad_saved):
+    kind, spike, quant, layout, ns, np_ = ctx.meta
+    xs, seed, saved, *rest = ctx.saved_tensors
+    state, params = rest[:ns], rest[ns:]
+    if saved.numel() == 0:
+        raise RuntimeError(
+            "tracetorch kernels: the forward ran without saving its states (no input required grad "
+            "then); run it again with gradients enabled"
+        )
+    grad_ys = torch.zeros_like(xs) if grad_ys is None else grad_ys
+    grad_final = [torch.zeros_like(s) if g is None else g for s, g in zip(state, grad_final)]
+    gxs, gstate, gelem = neuron_scan_backward(
+        xs, list(state), list(params), kind, spike, quant, layout, seed, saved, grad_ys, grad_final
+    )
+    S = xs.shape[1]
+    gparams = []
+    for k, g in enumerate(gelem):
+        n, inner = layout[2 * k], layout[2 * k + 1]
+        gparams.append(g.reshape(S // (n * inner), n, inner).sum(dim=(0, 2)))
+    return gxs, gstate, gparams, None, None, None, None, None, None
+
+
+torch.library.register_autograd("tracetorch::neuron_scan", _backward, setup_context=_setup)
+
+
+class DoubleBackwardError(RuntimeError):
+    """A second derivative was asked of the fused kernels, which are first order."""
+
+
+def _no_double_backward(ctx, *grads):
+    raise DoubleBackwardError(
+        "tracetorch kernels are first order: a second derivative (double backward, e.g. a gradient "
+        "penalty) cannot go through the fused kernel path; pass fast=False (or set TRACETORCH_FAST=0) "
+        "to run the plain step loop, which torch's autograd differentiates to any order"
+    )
+
+
+def _setup_nothing(ctx, inputs, output) -> None:
+    return None
+
+
+torch.library.register_autograd("tracetorch::neuron_scan_backward", _no_double_backward, setup_context=_setup_nothing)
+
+
+def _pick(t: Any, dim: Any, b: int) -> Any:
+    if isinstance(t, (list, tuple)):
+        return [_pick(u, d, b) for u, d in zip(t, dim)]
+    return t if dim is None or not isinstance(t, torch.Tensor) else t.select(dim, b)
+
+
+def _vmap_backward(info, in_dims, *args):
+    # batched gradients (vmap over the backward, e.g. jacobians or gradcheck's batched check): the
+    # members are independent backward passes, run one after the other
+    outs = [neuron_scan_backward(*(_pick(a, d, b) for a, d in zip(args, in_dims))) for b in range(info.batch_size)]
+    gxs = torch.stack([o[0] for o in outs])
+    gstate = [torch.stack([o[1][k] for o in outs]) for k in range(len(outs[0][1]))]
+    gparams = [torch.stack([o[2][k] for o in outs]) for k in range(len(outs[0][2]))]
+    return (gxs, gstate, gparams), (0, [0] * len(gstate), [0] * len(gparams))
+
+
+neuron_scan_backward.register_vmap(_vmap_backward)
+
+
+# ---- the Python entry ---------------------------------------------------------------------------
+
+
+def _param_layout(p: torch.Tensor, shape: torch.Size) -> tuple[torch.Tensor, int, int]:
+    """``p`` (broadcastable to ``shape``) as a flat ``[n]`` read at element ``i`` as ``[(i // inner) % n]``."""
+    if p.numel() == 1:
+        return p.reshape(1), 1, 1
+    padded = (1,) * (len(shape) - p.dim()) + tuple(p.shape)
+    big = [d for d, size in enumerate(padded) if size != 1]
+    if len(big) == 1:
+        d = big[0]
+        return p.reshape(padded[d]), padded[d], math.prod(shape[d + 1 :])
+    full = p.expand(shape).reshape(-1)
+    return full, full.shape[0], 1
+
+
+def kernel_scan(
+    spec: NeuronSpec, spike: str, quant: str, params: Any, state: Any, xs: torch.Tensor
+) -> tuple[torch.Tensor, Any]:
+    """Run ``spec`` over ``xs`` ``[T, ...]`` through the fused kernel: ``(ys [T, ...], final state)``.
+
+    ``spike`` is a :func:`spike_tag`; ``quant`` a quantizer name (``"none"`` for the LI family).
+    Params broadcast to one step of ``xs``; states have its shape. Random quantizers draw their
+    seed from torch's default generator, so ``torch.manual_seed`` reproduces a run.
+    """
+    T, shape = xs.shape[0], xs.shape[1:]
+    S = math.prod(shape)
+    flat_params, layout = [], []
+    for p in params:
+        flat, n, inner = _param_layout(p, shape)
+        flat_params.append(flat)
+        layout += [n, inner]
+    if quant in ("bernoulli", "probabilistic"):
+        seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)
+    else:
+        seed = torch.zeros((), dtype=torch.int64)
+    tensors = [*flat_params, *state, xs]
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    ys, final, _ = neuron_scan(
+        xs.reshape(T, S), [s.reshape(S) for s in state], flat_params, spec.name, spike, quant, layout, seed, save
+    )
+    return ys.reshape(xs.shape), spec.State(*(f.reshape(shape) for f in final))
