@@ -279,9 +279,9 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
             f"{type(layer).__name__}: a sequence input must be a tensor [T, ...], received "
             f"{list(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__}"
         )
+    _check_fast(fast, f"scan_layer({type(layer).__name__})")
+    xs = layer._prepare_input(xs, sequence=True)
     x0 = xs[0]
-    layer._check_input(x0)
-    layer._ensure_states(x0)
     params = layer.activated_params()
     state = layer.state
     if isinstance(layer, NeuronLayer) and type(layer).step is NeuronLayer.step:
@@ -300,8 +300,27 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
         ys, new = _loop(layer.step, params, state, xs.movedim(d, -1), {})
         ys = ys.movedim(-1, d)
         new = layer._state_record()(*(layer._from_working_dim(t) for t in new))
-    layer.state = new
+    layer._put_states(dict(zip(layer.state_names, _unaliased(new, ys))))
     return ys
+
+
+def _unaliased(state: Any, ys: torch.Tensor) -> list[torch.Tensor]:
+    """The final state's tensors, each copied if it shares memory with the outputs ``ys``.
+
+    No output may alias a state (an in-place op on ``ys`` must not rewrite the hidden state).
+    Only plain tensors are checked (under ``torch.func`` transforms and inside ``torch.compile``
+    the storage is not reachable; the plain loop there stacks the outputs into a new tensor).
+    """
+    out = list(state)
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or type(ys) is not torch.Tensor:
+        return out
+    base = ys.untyped_storage().data_ptr()
+    return [t.clone() if type(t) is torch.Tensor and t.untyped_storage().data_ptr() == base else t for t in out]
+
+
+def _check_fast(fast: Any, where: str) -> None:
+    if fast is not None and not isinstance(fast, bool):
+        raise TypeError(f"{where}: fast must be None, True or False, received {fast!r}")
 
 
 def _run_plan(steps: list[tuple[str, nn.Module]], xs: torch.Tensor, fast: bool | None, chunk: int | None) -> Any:
