@@ -58,6 +58,8 @@ def scan(
     Returns:
         ``(ys, final_state)`` with ``ys`` of shape ``[T, ...]``.
     """
+    if fast is not None and not isinstance(fast, bool):
+        raise TypeError(f"scan: fast must be None, True or False, received {fast!r}")
     if not isinstance(xs, torch.Tensor) or xs.dim() < 1:
         raise ValueError(f"scan: xs must be a tensor [T, ...] with a leading time dimension, received {_describe(xs)}")
     if xs.shape[0] == 0:
