@@ -166,6 +166,7 @@ class NeuronSpec:
         quant_fn: Quantizer = "bernoulli",
     ) -> tuple[torch.Tensor, Any]:
         """One timestep of this type (SPEC.md, "One timestep"). See :func:`make_step`."""
+        check_step_args(self, params, state, x, f"{self.name}.step")
         return _generic_step(self, params, state, x, spike_fn, resolve_quantizer(quant_fn, self.name))
 
 

@@ -21,8 +21,17 @@ What is a chain: an ``nn.Sequential`` (nested ones too, and subclasses that keep
 is guessed). Any other model (and a chain where one TTLayer sits at two places, or with forward
 hooks on a container, or while global module hooks are registered) runs whole, step by step:
 ``T`` calls of ``model(x_t)``, stacked; the same results, without the speed. A module of the
-chain with forward hooks of its own (``tt.monitor`` adds them) runs step by step, so its hooks
-see the ``T`` calls they would see in a per-step loop.
+chain with forward or backward hooks of its own (``tt.monitor`` adds forward hooks), or whose
+``forward`` was replaced on the instance, runs step by step, so its hooks (and its replacement
+``forward``) see the ``T`` calls they would see in a per-step loop; global backward hooks make the
+whole model run step by step, as global forward hooks do. Modules that read an input of one rank
+less as one unbatched sample (the ``...1d/2d/3d`` ones: convolutions, pooling, instance norms,
+``Softmax2d``, ...) fold only batched steps, and run step by step on unbatched ones.
+
+What sequence mode cannot reproduce it refuses, with every state put back as it was before the
+call: a module (a hook, say) that zeroes, sets or detaches the state of a neuron layer elsewhere
+in the chain mid-sequence (run such a model step by step yourself). Any failed :func:`run` leaves
+every state as it was.
 
 Random draws: the results equal the per-step loop's exactly for deterministic models. Where a
 model draws random numbers (``Dropout`` in training, the ``"bernoulli"`` quantizer), sequence mode
