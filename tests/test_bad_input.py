@@ -240,3 +240,13 @@ def test_li_family_refuses_spike_and_quant_functions():
     with pytest.raises(ValueError, match="no firing head"):
         layer.spike_fn = F.sigmoid4x
     assert layer.quant_fn is None
+
+
+def test_functional_checks_hold_under_vmap_and_read_no_data():
+    spec, x = F.SPECS["DSRLIB"], torch.ones(5, B, N)
+    params, state = F.init_params("DSRLIB", N), F.init_state("DSRLIB", x)
+    step = torch.func.vmap(lambda s, x: F.dsrlib_step(params, s, x, quant_fn="round"))
+    assert step(state, x)[0].shape == x.shape
+    bad = spec.State(*(torch.zeros(5, B, N + 1) for _ in spec.state_names))
+    with pytest.raises(ValueError, match=rf"state.pos_syn has shape \[{B}, {N + 1}\]"):
+        step(bad, x)
