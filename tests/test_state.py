@@ -92,7 +92,7 @@ def test_set_states_validates_before_changing():
     before = snapshot(model)
     bad = dict(tree)
     bad["table.tail"] = tree["table.tail"]._replace(pos_mem=torch.zeros(2, 5))
-    with pytest.raises(ValueError, match="table.tail.pos_mem must be a tensor with 3"):
+    with pytest.raises(ValueError, match=r"table.tail.pos_mem: shape \[2, 5\], expected 3 along dim=-1"):
         S.set_states(model, bad)
     with pytest.raises(ValueError, match="missing layers"):
         S.set_states(model, {"seq.1": tree["seq.1"]})

@@ -10,11 +10,21 @@ Conventions for every step ``step(params, state, x) -> (y, new_state)``:
 
 * ``x``: ``[..., N]``, the neuron dimension last; ``y`` and every state field have ``x``'s shape.
 * ``params``: the spec's params NamedTuple of *activated* tensors, each ``[]`` or ``[N]``.
-* nothing is written in place: new tensors out, inputs untouched.
+* nothing is written in place: new tensors out, inputs untouched. ``y`` may be the very tensor
+  of a state field (LI: ``y = mem``; R types: ``prev_output = y``): do not write into it in place
+  (the ``nn`` layers hand out a copy).
+* the named steps check their arguments' types and shapes (never their data) and raise a clear
+  ``TypeError``/``ValueError`` for a wrong params or state type, a complex or integer input, a
+  param that does not broadcast to ``x``.
+* NaN: a NaN in ``x`` (or in a state) gives NaN in ``y`` and in every state of that neuron, for
+  all 28 types and every quantizer (the dual split ``pos``/``neg`` keeps NaN); as every trace
+  decays multiplicatively, the NaN stays in the state at every later step, until the state is
+  reset (``zero_states()``, a new initial state). Other neurons are unaffected.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,11 +59,14 @@ class ParamSpec:
 
 
 def _pos(v: torch.Tensor) -> torch.Tensor:
-    return torch.where(v >= 0, v, 0.0)
+    # SPEC's pos(v): v where v >= 0, else 0. Written as "0 where v < 0" so a NaN (which compares
+    # false) stays NaN instead of becoming 0; at v = 0 (and -0.0) the value is v, as before.
+    return torch.where(v < 0, 0.0, v)
 
 
 def _neg(v: torch.Tensor) -> torch.Tensor:
-    return torch.where(v <= 0, v, 0.0)
+    # SPEC's neg(v): v where v <= 0, else 0; NaN stays NaN (see _pos)
+    return torch.where(v > 0, 0.0, v)
 
 
 def _ema(decay: torch.Tensor, trace: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -153,6 +166,7 @@ class NeuronSpec:
         quant_fn: Quantizer = "bernoulli",
     ) -> tuple[torch.Tensor, Any]:
         """One timestep of this type (SPEC.md, "One timestep"). See :func:`make_step`."""
+        check_step_args(self, params, state, x, f"{self.name}.step")
         return _generic_step(self, params, state, x, spike_fn, resolve_quantizer(quant_fn, self.name))
 
 
@@ -230,6 +244,44 @@ def _generic_step(spec: NeuronSpec, p: Any, s: Any, x: torch.Tensor, spike_fn, q
     return y, spec.State(**new)
 
 
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    """Whether ``shape`` broadcasts to ``target`` without changing it (shapes only: traceable)."""
+    return len(shape) <= len(target) and all(a == 1 or a == b for a, b in zip(reversed(shape), reversed(target)))
+
+
+def check_step_args(spec: NeuronSpec, params: Any, state: Any, x: Any, where: str) -> None:
+    """Refuse a step call whose arguments cannot be what ``spec`` computes on, with a clear error.
+
+    Checks types, dtypes and shapes only (never the data), so the step stays traceable under
+    ``torch.func`` transforms and ``torch.compile``: ``x`` a real floating tensor of rank >= 1,
+    ``params`` and ``state`` NamedTuples with the spec's fields, every param broadcasting to ``x``
+    (``[]`` or ``[N]``, neuron dimension last) and every state field broadcasting to ``x``.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{where}: x must be a tensor [..., N], received {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{where}: x must be a real floating tensor, received dtype {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError(f"{where}: x must be [..., N] with the neuron dimension last, received a 0-d tensor")
+    for what, tree, fields in (("params", params, spec.param_names), ("state", state, spec.state_names)):
+        got = getattr(tree, "_fields", None)
+        if got is None or tuple(got) != fields:
+            kind = f"{spec.name}{'Params' if what == 'params' else 'State'}"
+            shown = list(got) if got is not None else type(tree).__name__
+            raise TypeError(f"{where}: {what} must be a {kind} with the fields {list(fields)}, received {shown}")
+        for name, t in zip(fields, tree):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{where}: {what}.{name} must be a tensor, received {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"{where}: {what}.{name} must be a real floating tensor, received dtype {t.dtype}")
+            if not _broadcasts_to(t.shape, x.shape):
+                expected = f"[] or [{x.shape[-1]}]" if what == "params" else f"x's shape {list(x.shape)}"
+                raise ValueError(
+                    f"{where}: {what}.{name} has shape {list(t.shape)}, which does not broadcast to x's shape "
+                    f"{list(x.shape)} (neuron dimension last); expected {expected}"
+                )
+
+
 def _build_specs() -> dict[str, NeuronSpec]:
     specs = [NeuronSpec(d, s, False, "") for s in (False, True) for d in (False, True)]
     for head in ("B", "T", "TS"):
@@ -270,6 +322,7 @@ def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
         spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
         quant_fn: Quantizer = "bernoulli",
     ) -> tuple[torch.Tensor, Any]:
+        check_step_args(spec, params, state, x, f"{lower}_step")
         return _generic_step(spec, params, state, x, spike_fn, resolve_quantizer(quant_fn, spec.name))
 
     step.__name__ = step.__qualname__ = f"{lower}_step"
@@ -297,8 +350,44 @@ def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
 
 
 def _param_error(owner: str, name: str, what: str, value: Any) -> ValueError:
-    shown = value if isinstance(value, str) else _short(value) if isinstance(value, torch.Tensor) else repr(value)
-    return ValueError(f"{owner}: {name} must be {what}, received {shown}")
+    return ValueError(f"{owner}: {name} must be {what}, received {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else _short(value) if isinstance(value, torch.Tensor) else repr(value)
+
+
+def _constraint(kind: str) -> str | None:
+    return {"decay": "a decay in (0, 1)", "threshold": "a threshold > 0"}.get(kind)
+
+
+def _violates(kind: str, t: torch.Tensor) -> str | None:
+    """What ``t`` (real floating) fails of its kind's constraint, or ``None``."""
+    if not bool(torch.isfinite(t).all()):
+        return "finite"
+    if kind == "decay" and not bool(((t > 0) & (t < 1)).all()):
+        return "a decay in (0, 1)"
+    if kind == "threshold" and not bool((t > 0).all()):
+        return "a threshold > 0"
+    return None
+
+
+def check_stored(owner: str, pspec: ParamSpec, value: Any, stored: torch.Tensor, what: str) -> None:
+    """Refuse a param whose value is valid as given but not once stored (``stored``, in its dtype).
+
+    ``what`` says what ``stored`` is, e.g. ``"once stored in torch.float32"``: ``beta=1-1e-9``
+    becomes exactly 1.0 in float32 (no leak), ``threshold=1e-60`` becomes 0.
+    """
+    bad = _violates(pspec.kind, stored)
+    if bad is not None:
+        raise ValueError(
+            f"{owner}: {pspec.name} must be {bad}, received {_shown(value)}, which is {_shown(stored)} {what}; "
+            "choose a value representable in that dtype (or store the layer in float64)"
+        )
+
+
+def _is_real_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not isinstance(value, torch.Tensor)
 
 
 def resolve_param(
@@ -313,12 +402,25 @@ def resolve_param(
     """Validate one param value (float or tensor) and return its activated tensor ``[]`` or ``[N]``.
 
     A float is broadcast to ``rank`` (0: ``[]``, 1: ``[num_neurons]``); a tensor keeps its own
-    rank and must be ``[]`` or ``[num_neurons]``. Range errors name ``owner`` and the param.
+    rank and must be ``[]`` or ``[num_neurons]``, real (not complex, not bool). The value is
+    checked against its constraint as given and again after the conversion to the dtype it is
+    returned in (``dtype``; for a float the default dtype, for a tensor its own floating dtype),
+    so a value that rounds out of range (``1 - 1e-9`` to 1.0 in float32) or overflows is refused
+    with a message that says so. Errors name ``owner`` and the param.
     """
     name = pspec.name
     if value is None:
         value = pspec.default
     if isinstance(value, torch.Tensor):
+        if value.is_complex():
+            raise TypeError(f"{owner}: {name} must be real, received a complex tensor ({value.dtype})")
+        if value.dtype == torch.bool:
+            raise TypeError(f"{owner}: {name} must be a float or a real tensor, received a bool tensor")
+        if value.layout != torch.strided or value.is_meta:
+            raise TypeError(
+                f"{owner}: {name} must be a dense tensor with data, received layout {value.layout}"
+                f"{' on the meta device' if value.is_meta else ''}"
+            )
         t = value.detach().clone()
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != num_neurons):
             raise _param_error(
@@ -326,26 +428,36 @@ def resolve_param(
             )
         if not t.is_floating_point():
             t = t.to(torch.get_default_dtype())
-    elif isinstance(value, (float, int)) and not isinstance(value, bool):
-        if rank not in (0, 1) or isinstance(rank, bool):
+        target = dtype or t.dtype
+    elif _is_real_number(value):
+        if isinstance(rank, bool) or rank not in (0, 1):
             raise _param_error(owner, f"{name}_rank", "0 (one scalar) or 1 (one value per neuron)", rank)
-        t = torch.full((num_neurons,) if rank == 1 else (), float(value), dtype=torch.get_default_dtype())
+        try:
+            as_float = float(value)
+        except OverflowError:
+            raise _param_error(owner, name, "finite", value) from None
+        t = torch.full((num_neurons,) if rank == 1 else (), as_float, dtype=torch.float64)
+        target = dtype or torch.get_default_dtype()
+    elif isinstance(value, numbers.Complex) and not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be real, received a complex number {value!r}")
     else:
         raise TypeError(f"{owner}: {name} must be a float or a tensor, received {type(value).__name__}")
-    if not bool(torch.isfinite(t).all()):
-        raise _param_error(owner, name, "finite", value)
-    if pspec.kind == "decay" and not bool(((t > 0) & (t < 1)).all()):
-        raise _param_error(owner, name, "a decay in (0, 1)", value)
-    if pspec.kind == "threshold" and not bool((t > 0).all()):
-        raise _param_error(owner, name, "a threshold > 0", value)
-    return t.to(dtype=dtype or t.dtype, device=device)
+    bad = _violates(pspec.kind, t)
+    if bad is not None:
+        raise _param_error(owner, name, bad, value)
+    if not target.is_floating_point:
+        raise TypeError(f"{owner}: {name}: dtype must be a floating dtype, received {target}")
+    stored = t.to(target)
+    if stored.dtype != t.dtype:
+        check_stored(owner, pspec, value, stored, f"in {target}")
+    return stored.to(device=device)
 
 
 def check_num_neurons(owner: str, num_neurons: Any) -> int:
-    """``num_neurons`` as an int >= 1, or a ``ValueError`` naming ``owner``."""
-    if isinstance(num_neurons, bool) or not isinstance(num_neurons, int) or num_neurons < 1:
+    """``num_neurons`` as an int >= 1 (any ``numbers.Integral``, e.g. a numpy integer), or a ``ValueError``."""
+    if isinstance(num_neurons, bool) or not isinstance(num_neurons, numbers.Integral) or num_neurons < 1:
         raise ValueError(f"{owner}: num_neurons must be an int >= 1, received {num_neurons!r}")
-    return num_neurons
+    return int(num_neurons)
 
 
 def init_params(

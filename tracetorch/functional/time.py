@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .neurons import SPECS, NeuronSpec, _generic_step
+from .neurons import SPECS, NeuronSpec, _generic_step, check_step_args
 from .spikes import Quantizer, resolve_quantizer, sigmoid4x
 
 __all__ = ["scan", "scan_spec", "builtin_spec", "check_fast"]
@@ -125,6 +125,7 @@ def scan_spec(
     """
     from . import kernels
 
+    check_step_args(spec, params, state, xs[0], f"scan({spec.name.lower()}_step)")
     quant = resolve_quantizer(quant_fn, spec.name)
     if fast is not False and (fast or kernels.config.auto):
         reason = kernels.kernel_reason(spec, params, state, xs, spike_fn, quant_fn)

@@ -10,6 +10,31 @@ A layer holds raw params and hidden state, and calls a pure ``step(params, state
 * ``dim`` handling: the input's neuron dimension is moved last for the step and back after;
 * ``TTcompile`` / ``TTuncompile``: freeze the activated params into buffers for inference.
 
+Assigning a declared param (``layer.beta = 0.5``, ``layer.threshold = torch.full((N,), 2.0)``)
+sets it: the value is validated exactly as the constructor validates it (range, finiteness,
+shape, and again once converted to the stored dtype), then written through the inverse into the
+existing ``raw_<name>`` in place, under ``no_grad``, so the param keeps its kind (``nn.Parameter``
+or buffer), rank, dtype, device and identity (an optimizer holding it keeps working). A tensor
+of shape ``[num_neurons]`` is refused for a scalar (rank 0) param: the rank does not change.
+
+dtypes: a layer computes in ``torch.promote_types(input dtype, params dtype)``: a float16 or
+bfloat16 input into a float32 layer is computed, returned and stored in float32; a float64 input
+into a float32 layer in float64. The hidden states take that dtype when created (the first call,
+after ``zero_states()``), and a live state never changes dtype: an input that would compute in
+another dtype is refused with a ``TypeError`` (call ``zero_states()`` first, or convert the whole
+layer with ``.to(dtype)``, which converts params and states). Inputs must be real floating
+tensors (complex, integer and bool inputs are refused).
+
+No output aliases a state: where a step returns a state tensor itself as the output (the LI
+family's ``y = mem``, the recurrent types' ``prev_output = y``), the layer hands out a copy, so an
+in-place op downstream (``nn.ReLU(inplace=True)``, ``y.clamp_()``) never rewrites the state.
+
+NaN, the same for all 28 built-in types and every quantizer: a NaN in the input gives NaN in
+that neuron's output and in every one of its states (the recurrent traces from the next step on,
+as they read the previous output); every trace decays multiplicatively, so the NaN stays in the
+state at every later step until ``zero_states()`` (or a new state is set). Other neurons are
+never affected.
+
 A custom layer declares its params and states in ``__init__`` and writes one pure ``step``::
 
     class ALIF(TTLayer):
@@ -29,7 +54,8 @@ A custom layer declares its params and states in ``__init__`` and writes one pur
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, NamedTuple
 
@@ -37,7 +63,7 @@ import torch
 from torch import nn
 
 from ..functional.constraints import ACTIVATIONS, INVERSES, identity
-from ..functional.neurons import ParamSpec, check_num_neurons, resolve_param
+from ..functional.neurons import ParamSpec, check_num_neurons, check_stored, resolve_param
 
 __all__ = ["TTLayer", "record_type"]
 
@@ -68,10 +94,11 @@ class TTLayer(nn.Module):
         super().__init__()
         owner = type(self).__name__
         self.num_neurons = check_num_neurons(owner, num_neurons)
-        if isinstance(dim, bool) or not isinstance(dim, int):
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
             raise TypeError(f"{owner}: dim must be an int, received {type(dim).__name__}")
-        self.dim = dim
+        self.dim = int(dim)
         self._tt_params: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._tt_pspecs: dict[str, tuple[ParamSpec, Callable[[Any], torch.Tensor]]] = {}
         self._state_names: tuple[str, ...] = ()
         self._compiled = False
         self.register_load_state_dict_post_hook(_refresh_compiled)
@@ -103,17 +130,49 @@ class TTLayer(nn.Module):
             raise ValueError(f"{owner}: parameter {pspec.name!r} is already declared")
         if not isinstance(learnable, bool):
             raise TypeError(f"{owner}: learn_{pspec.name} must be a bool, received {learnable!r}")
+        value_in = value
         value = resolve_param(owner, pspec, self.num_neurons, value, rank)
-        if inverse is None:
-            raw, activation = INVERSES[pspec.kind](value), ACTIVATIONS[pspec.kind]
-        else:  # 0.15-style: arbitrary inverse / activation functions
-            raw = inverse(value)
-        raw = raw.detach().to(torch.get_default_dtype())
+        if inverse is None:  # else 0.15-style: arbitrary inverse / activation functions
+            inverse, activation = INVERSES[pspec.kind], ACTIVATIONS[pspec.kind]
+        raw = self._stored_raw(pspec, value_in, value, inverse, activation, torch.get_default_dtype())
         if learnable:
             nn.Module.register_parameter(self, f"raw_{pspec.name}", nn.Parameter(raw))
         else:
             self.register_buffer(f"raw_{pspec.name}", raw)
         self._tt_params[pspec.name] = activation
+        self._tt_pspecs[pspec.name] = (pspec, inverse)
+
+    def _stored_raw(self, pspec, value_in, value, inverse, activation, dtype) -> torch.Tensor:
+        """The raw form of ``value`` in ``dtype``, refused if it no longer satisfies the constraint there."""
+        raw = inverse(value).detach()
+        stored = raw.to(dtype)
+        check_stored(type(self).__name__, pspec, value_in, activation(stored), f"once stored raw in {dtype}")
+        return stored
+
+    def _assign_param(self, name: str, value: Any) -> None:
+        """``layer.<name> = value``: validate like the constructor, then write the raw form in place."""
+        owner = type(self).__name__
+        pspec, inverse = self._tt_pspecs[name]
+        raw = self._raw(name)
+        if isinstance(value, torch.Tensor) and value.dim() == 1 and raw.dim() == 0:
+            raise ValueError(
+                f"{owner}: {name} is one scalar (rank 0); assign a float or a 0-d tensor, "
+                f"received a tensor of shape {list(value.shape)} (the rank is fixed at construction)"
+            )
+        as_float = not isinstance(value, torch.Tensor)
+        new = resolve_param(owner, pspec, self.num_neurons, value, raw.dim(), torch.float64 if as_float else None)
+        stored = self._stored_raw(pspec, value, new, inverse, self._tt_params[name], raw.dtype)
+        with torch.no_grad():
+            raw.copy_(stored.to(raw.device).expand_as(raw))
+        if self._compiled:
+            self._buffers[name] = self._tt_params[name](raw).detach().clone()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        params = self.__dict__.get("_tt_params")
+        if params is not None and name in params:
+            self._assign_param(name, value)
+            return
+        super().__setattr__(name, value)
 
     def _raw(self, name: str) -> torch.Tensor:
         key = f"raw_{name}"
@@ -191,26 +250,73 @@ class TTLayer(nn.Module):
 
     @state.setter
     def state(self, value: Any) -> None:
+        """Set every hidden state at once (a NamedTuple or dict of tensors), validated first; ``None`` zeroes."""
         owner = type(self).__name__
         if value is None:
             self.zero_states()
             return
-        fields = getattr(value, "_fields", None) or (tuple(value) if isinstance(value, dict) else None)
-        if fields is None or set(fields) != set(self._state_names):
-            raise ValueError(
-                f"{owner}: state must have the fields {list(self._state_names)}, received {list(fields or [])}"
-            )
-        items = value._asdict() if hasattr(value, "_asdict") else value
-        shapes = {tuple(t.shape) for t in items.values()}
-        if len(shapes) != 1 or not all(isinstance(t, torch.Tensor) for t in items.values()):
-            raise ValueError(f"{owner}: state fields must be tensors of one shape, received shapes {sorted(shapes)}")
+        items = _state_items(value)
+        problems = (
+            self._state_problems(items)
+            if items is not None
+            else [f"expected a NamedTuple or dict of tensors, received {type(value).__name__}"]
+        )
+        if problems:
+            raise ValueError(f"{owner}: state not set, the layer is unchanged: " + "; ".join(problems))
+        self._put_states(items)
+
+    def _put_states(self, items: Mapping[str, Any]) -> None:
         for n in self._state_names:
             object.__setattr__(self, n, items[n])
+        self._bump()
+
+    def _bump(self) -> None:
+        # counts every change of the states made from outside a step (sequence mode watches it)
+        self.__dict__["_tt_version"] = self.__dict__.get("_tt_version", 0) + 1
+
+    def _state_problems(
+        self, items: Mapping[str, Any], prefix: str = "", dtype: torch.dtype | None = None
+    ) -> list[str]:
+        """Everything wrong with ``items`` as this layer's states (empty if they can be set).
+
+        Checks the field names, that each is a dense strided tensor with data (not meta, sparse,
+        quantized or nested), real floating, of rank >= 1 with ``num_neurons`` along ``dim``, all
+        fields of one shape and one dtype (``dtype`` if given).
+        """
+        out: list[str] = []
+        names = list(items)
+        if set(names) != set(self._state_names):
+            return [f"{prefix}fields must be {list(self._state_names)}, received {names}"]
+        shapes, dtypes = set(), set()
+        for n in self._state_names:
+            t, key = items[n], f"{prefix}{n}"
+            if not isinstance(t, torch.Tensor):
+                out.append(f"{key}: expected a tensor, received {type(t).__name__}")
+                continue
+            if t.layout != torch.strided or t.is_meta or t.is_quantized or getattr(t, "is_nested", False):
+                kind = "meta" if t.is_meta else "quantized" if t.is_quantized else str(t.layout)
+                out.append(f"{key}: expected a dense (strided) tensor with data, received a {kind} tensor")
+                continue
+            if not t.is_floating_point():
+                out.append(f"{key}: expected a real floating dtype, received {t.dtype}")
+                continue
+            if dtype is not None and t.dtype != dtype:
+                out.append(f"{key}: dtype {t.dtype}, expected {dtype}")
+            if t.dim() == 0 or not -t.dim() <= self.dim < t.dim() or t.shape[self.dim] != self.num_neurons:
+                out.append(f"{key}: shape {list(t.shape)}, expected {self.num_neurons} along dim={self.dim}")
+            shapes.add(tuple(t.shape))
+            dtypes.add(t.dtype)
+        if not out and len(shapes) > 1:
+            out.append(f"{prefix}fields must share one shape, received shapes {sorted(shapes)}")
+        if not out and len(dtypes) > 1:
+            out.append(f"{prefix}fields must share one dtype, received {sorted(map(str, dtypes))}")
+        return out
 
     def zero_states(self) -> None:
         """Forget the hidden state: every state becomes ``None`` and is re-created on the next call."""
         for n in self._state_names:
             object.__setattr__(self, n, None)
+        self._bump()
 
     def detach_states(self) -> None:
         """Cut the autograd graph behind the hidden state (values unchanged), e.g. for truncated BPTT."""
@@ -218,24 +324,62 @@ class TTLayer(nn.Module):
             t = self.__dict__.get(n)
             if t is not None:
                 object.__setattr__(self, n, t.detach())
+        self._bump()
 
-    def _ensure_states(self, ref: torch.Tensor) -> None:
-        """Create zero states like ``ref`` (input layout) where they are ``None``; check the others' shape."""
-        for n in self._state_names:
-            t = self.__dict__.get(n)
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype a call on ``x`` computes in: ``promote_types`` of the input's and the params' dtypes."""
+        dtype = x.dtype
+        for name in self._tt_params:
+            dtype = torch.promote_types(dtype, self._raw(name).dtype)
+        return dtype
+
+    def _ensure_states(self, ref: torch.Tensor, dtype: torch.dtype | None = None) -> None:
+        """Create zero states like ``ref`` (input layout, in ``dtype``) where they are ``None``; check the others.
+
+        A live state must have ``ref``'s shape and the dtype the call computes in (``dtype``,
+        default ``ref``'s): a live state never changes dtype.
+        """
+        owner = type(self).__name__
+        dtype = dtype or ref.dtype
+        live = [(n, self.__dict__.get(n)) for n in self._state_names]
+        for n, t in live:
             if t is None:
-                object.__setattr__(self, n, torch.zeros_like(ref))
-            elif t.shape != ref.shape:
-                raise ValueError(
-                    f"{type(self).__name__}: hidden state {n!r} has shape {list(t.shape)} but the input has shape "
-                    f"{list(ref.shape)}; call zero_states() (model.zero_states()) when the batch size changes"
+                continue
+            if t.shape != ref.shape:
+                hint = (
+                    "call zero_states() (model.zero_states()) when the batch size changes"
+                    if t.dim() == ref.dim()
+                    else f"the input has rank {ref.dim()}, the state rank {t.dim()}: in sequence mode "
+                    "(model.run, tt.nn.run) dim 0 of xs is time, so xs must be [T, <one step's input shape>]"
                 )
+                raise ValueError(
+                    f"{owner}: hidden state {n!r} has shape {list(t.shape)} but the input has shape "
+                    f"{list(ref.shape)}; {hint}"
+                )
+            if t.dtype != dtype:
+                raise TypeError(
+                    f"{owner}: hidden state {n!r} is {t.dtype}, but this input ({ref.dtype}, params "
+                    f"{self._params_dtype()}) computes in {dtype}; a live state never changes dtype: call "
+                    "zero_states() first, or convert the whole layer with .to(dtype)"
+                )
+        for n, t in live:
+            if t is None:
+                object.__setattr__(self, n, torch.zeros_like(ref, dtype=dtype))
+
+    def _params_dtype(self) -> str:
+        dtypes = sorted({str(self._raw(n).dtype) for n in self._tt_params})
+        return ", ".join(dtypes) or "none"
 
     # ---- dim ----------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
         owner = type(self).__name__
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{owner}: input must be a tensor, received {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(
+                f"{owner}: input must be a real floating tensor (float16, bfloat16, float32, float64), "
+                f"received dtype {x.dtype}"
+            )
         if x.dim() == 0 or not -x.dim() <= self.dim < x.dim():
             raise ValueError(f"{owner}: dim={self.dim} is out of range for an input of shape {list(x.shape)}")
         if x.shape[self.dim] != self.num_neurons:
@@ -259,14 +403,24 @@ class TTLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One timestep: input shaped ``[..., num_neurons at dim, ...]`` -> output of the same shape."""
-        self._check_input(x)
-        self._ensure_states(x)
+        x = self._prepare_input(x)
         to_work = self._to_working_dim
         state = self._state_record()(*(to_work(self.__dict__[n]) for n in self._state_names))
         y, new_state = self.step(self.activated_params(), state, to_work(x))
+        if any(y is t for t in new_state):
+            y = y.clone()  # no output aliases a state: an in-place op downstream must not rewrite it
         for n, t in zip(self._state_names, new_state):
             object.__setattr__(self, n, self._from_working_dim(t))
         return self._from_working_dim(y)
+
+    def _prepare_input(self, x: torch.Tensor, sequence: bool = False) -> torch.Tensor:
+        """Check one step's input (``x``, or ``x[0]`` of a ``[T, ...]`` sequence), create or check the
+        states, and return ``x`` in the dtype the call computes in."""
+        ref = x[0] if sequence else x
+        self._check_input(ref)
+        dtype = self._compute_dtype(ref)
+        self._ensure_states(ref, dtype)
+        return x if x.dtype == dtype else x.to(dtype)
 
     # ---- module hygiene -----------------------------------------------------------------
     def _apply(self, fn, recurse=True):
@@ -322,17 +476,28 @@ class TTLayer(nn.Module):
     def _zero_state(self, name):
         """Set one state to ``None`` (0.15)."""
         object.__setattr__(self, name, None)
+        self._bump()
 
     def _detach_state(self, name):
         """Detach one state (0.15)."""
         t = self.__dict__.get(name)
         if t is not None:
             object.__setattr__(self, name, t.detach())
+        self._bump()
 
     def _ensure_state(self, name, ref):
         """Zero-initialise one state like ``ref`` if it is ``None`` (0.15)."""
         if self.__dict__.get(name) is None:
             object.__setattr__(self, name, torch.zeros_like(ref))
+
+
+def _state_items(value: Any) -> dict[str, Any] | None:
+    """A state given as a NamedTuple or a mapping, as a dict; ``None`` for anything else."""
+    if hasattr(value, "_asdict") and isinstance(value, tuple):
+        return dict(value._asdict())
+    if isinstance(value, Mapping):
+        return dict(value)
+    return None
 
 
 def _refresh_compiled(module: TTLayer, incompatible_keys: Any) -> None:

@@ -60,13 +60,50 @@ class NeuronLayer(TTLayer):
         for n in self._state_names:
             object.__setattr__(self, n, None)
         if self.spec.fires:
-            if not callable(a["spike_fn"]):
-                raise TypeError(f"{cls.__name__}: spike_fn must be callable, received {type(a['spike_fn']).__name__}")
-            self.spike_fn: Callable[[torch.Tensor], torch.Tensor] = a["spike_fn"]
-            self._quant = resolve_quantizer(a["quant_fn"], cls.__name__)
+            self.spike_fn = a["spike_fn"]
             self.quant_fn = a["quant_fn"]
         else:
-            self.spike_fn, self._quant, self.quant_fn = sigmoid4x, None, None
+            self.__dict__.update(_spike_fn=sigmoid4x, _quant_fn=None, _quant=None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("spike_fn", "quant_fn"):  # the properties, even for an nn.Module value
+            object.__setattr__(self, name, value)
+            return
+        super().__setattr__(name, value)
+
+    @property
+    def spike_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Distance to threshold -> firing probability. Assignable (validated: a callable); every path uses it."""
+        return self.__dict__["_spike_fn"]
+
+    @spike_fn.setter
+    def spike_fn(self, value: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        owner = type(self).__name__
+        if not self.spec.fires:
+            raise ValueError(f"{owner}: a leaky integrator has no firing head, spike_fn does not apply")
+        if not callable(value):
+            raise TypeError(f"{owner}: spike_fn must be callable, received {type(value).__name__}")
+        self._modules.pop("spike_fn", None)
+        if isinstance(value, torch.nn.Module):  # its params and buffers move with the layer, as before
+            self._modules["spike_fn"] = value
+        self.__dict__["_spike_fn"] = value
+
+    @property
+    def quant_fn(self) -> Any:
+        """``"round"``, ``"bernoulli"``, ``"probabilistic"`` or a callable (``None`` for the LI family).
+
+        Assignable: validated like the constructor's argument (an unknown name is a ``ValueError``)
+        and taking effect on every path, per step and in sequence mode.
+        """
+        return self.__dict__["_quant_fn"]
+
+    @quant_fn.setter
+    def quant_fn(self, value: Any) -> None:
+        owner = type(self).__name__
+        if not self.spec.fires:
+            raise ValueError(f"{owner}: a leaky integrator has no firing head, quant_fn does not apply")
+        quant = resolve_quantizer(value, owner)
+        self.__dict__.update(_quant_fn=value, _quant=quant)
 
     def step(self, params: Any, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The functional core's step for this layer's spec, with its spike and quant functions."""

@@ -20,8 +20,17 @@ What is a chain: an ``nn.Sequential`` (nested ones too, and subclasses that keep
 is guessed). Any other model (and a chain where one TTLayer sits at two places, or with forward
 hooks on a container, or while global module hooks are registered) runs whole, step by step:
 ``T`` calls of ``model(x_t)``, stacked; the same results, without the speed. A module of the
-chain with forward hooks of its own (``tt.monitor`` adds them) runs step by step, so its hooks
-see the ``T`` calls they would see in a per-step loop.
+chain with forward or backward hooks of its own (``tt.monitor`` adds forward hooks), or whose
+``forward`` was replaced on the instance, runs step by step, so its hooks (and its replacement
+``forward``) see the ``T`` calls they would see in a per-step loop; global backward hooks make the
+whole model run step by step, as global forward hooks do. Modules that read an input of one rank
+less as one unbatched sample (the ``...1d/2d/3d`` ones: convolutions, pooling, instance norms,
+``Softmax2d``, ...) fold only batched steps, and run step by step on unbatched ones.
+
+What sequence mode cannot reproduce it refuses, with every state put back as it was before the
+call: a module (a hook, say) that zeroes, sets or detaches the state of a neuron layer elsewhere
+in the chain mid-sequence (run such a model step by step yourself). Any failed :func:`run` leaves
+every state as it was.
 
 Random draws: the results equal the per-step loop's exactly for deterministic models. Where a
 model draws random numbers (``Dropout`` in training, the ``"bernoulli"`` quantizer), sequence mode
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import dis
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -136,7 +146,27 @@ def _foldable(m: nn.Module, step_rank: int) -> bool:
         return _dim_from_one(m.dim, step_rank)
     if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.GLU)):
         return _dim_from_one(m.dim, step_rank)
-    return True
+    return _batched(cls, step_rank)
+
+
+def _batched(cls: type, step_rank: int) -> bool:
+    """Whether a per-step input of ``step_rank`` dims is the batched form for a module of class ``cls``.
+
+    Modules named ``...1d/2d/3d`` (convolutions, pooling, padding, instance norms, ``Softmax2d``,
+    ...) read an input of ``k + 1`` dims as one unbatched sample: folding ``T`` such steps would
+    turn time into the channel (or batch) axis, so they fold only when the step is batched
+    (``k + 2`` dims; ``BatchNorm1d`` also takes ``[B, C]``). The pixel and channel shuffles need a
+    batched ``[B, C, H, W]`` step for the same reason.
+    """
+    if cls in (nn.PixelShuffle, nn.PixelUnshuffle, getattr(nn, "ChannelShuffle", None)):
+        return step_rank >= 4
+    found = re.search(r"([123])d$", cls.__name__)
+    if found is None:
+        return True
+    k = int(found.group(1))
+    if cls is nn.BatchNorm1d:
+        return step_rank in (2, 3)
+    return step_rank == k + 2
 
 
 # ---- the plan -----------------------------------------------------------------------------------
@@ -172,19 +202,33 @@ def _delegate(model: nn.Module) -> nn.Module | None:
 
 
 def _hooked(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks)
+    """Forward or backward hooks: they must see the ``T`` per-step calls (a folded module would
+    give a backward hook one call of ``T*B`` rows; a neuron layer's time loop none at all)."""
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def _replaced(m: nn.Module) -> bool:
+    """Whether ``forward`` was replaced on the instance (``m.forward = ...``): only calling ``m`` honours it."""
+    return "forward" in m.__dict__
 
 
 def _global_hooks() -> bool:
-    # hooks registered with nn.modules.module.register_module_forward_(pre_)hook see every call
+    # hooks registered with nn.modules.module.register_module_(forward|backward)_(pre_)hook see every call
     module = nn.modules.module
-    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+    return bool(
+        module._global_forward_hooks
+        or module._global_forward_pre_hooks
+        or module._global_backward_hooks
+        or module._global_backward_pre_hooks
+    )
 
 
 def _chain(model: nn.Module) -> list[nn.Module] | None:
     """The modules ``model`` applies one after the other, or ``None`` if it is not a chain."""
     if isinstance(model, TTLayer):
         return [model]
+    if _replaced(model):
+        return None
     if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
         children = list(model)
     else:
@@ -196,7 +240,8 @@ def _chain(model: nn.Module) -> list[nn.Module] | None:
         return None
     out: list[nn.Module] = []
     for child in children:
-        inner = _chain(child) if isinstance(child, nn.Sequential) or _delegate(child) is not None else None
+        nested = (isinstance(child, nn.Sequential) or _delegate(child) is not None) and not _replaced(child)
+        inner = _chain(child) if nested else None
         out.extend(inner if inner is not None else [child])
     return out
 
@@ -205,7 +250,8 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
     """How :func:`run` would feed ``xs`` ``[T, B, ...]`` through ``model``, for inspection.
 
     A list of ``(kind, module)`` with kind ``"fold"`` (once on all ``T*B`` rows), ``"neuron"``
-    (a TTLayer's time loop) or ``"step"`` (``T`` calls: also any module with forward hooks), or
+    (a TTLayer's time loop) or ``"step"`` (``T`` calls: also any module with forward or backward
+    hooks, or whose ``forward`` was replaced on the instance), or
     ``None``: the whole model runs step by step. The decision for a module (e.g. a BatchNorm)
     depends on its current train/eval mode.
     """
@@ -223,7 +269,7 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
     step_rank = xs.dim() - 1
     out = []
     for m in chain:
-        if _hooked(m):
+        if _hooked(m) or _replaced(m):
             out.append(("step", m))  # its hooks (tt.monitor's, say) see the T per-step calls they expect
         elif isinstance(m, TTLayer):
             out.append(("neuron", m))
@@ -277,9 +323,9 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
             f"{type(layer).__name__}: a sequence input must be a tensor [T, ...], received "
             f"{list(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__}"
         )
+    check_fast(f"scan_layer({type(layer).__name__})", fast)
+    xs = layer._prepare_input(xs, sequence=True)
     x0 = xs[0]
-    layer._check_input(x0)
-    layer._ensure_states(x0)
     params = layer.activated_params()
     state = layer.state
     if isinstance(layer, NeuronLayer) and type(layer).step is NeuronLayer.step:
@@ -296,13 +342,30 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
         ys, new = _loop(layer.step, params, state, xs.movedim(d, -1), {})
         ys = ys.movedim(-1, d)
         new = layer._state_record()(*(layer._from_working_dim(t) for t in new))
-    layer.state = new
+    layer._put_states(dict(zip(layer.state_names, _unaliased(new, ys))))
     return ys
 
 
+def _unaliased(state: Any, ys: torch.Tensor) -> list[torch.Tensor]:
+    """The final state's tensors, each copied if it shares memory with the outputs ``ys``.
+
+    No output may alias a state (an in-place op on ``ys`` must not rewrite the hidden state).
+    Only plain tensors are checked (under ``torch.func`` transforms and inside ``torch.compile``
+    the storage is not reachable; the plain loop there stacks the outputs into a new tensor).
+    """
+    out = list(state)
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or type(ys) is not torch.Tensor:
+        return out
+    base = ys.untyped_storage().data_ptr()
+    return [t.clone() if type(t) is torch.Tensor and t.untyped_storage().data_ptr() == base else t for t in out]
+
+
 def _run_plan(steps: list[tuple[str, nn.Module]], xs: torch.Tensor, fast: bool | None, chunk: int | None) -> Any:
+    from ..state.tree import named_layers
+
+    inside = [[layer for _, layer in named_layers(m)] for _, m in steps]
     x: Any = xs
-    for kind, m in steps:
+    for i, (kind, m) in enumerate(steps):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"run: {type(m).__name__} received a {type(x).__name__}; a chain passes tensors")
         if kind == "neuron":
@@ -310,8 +373,37 @@ def _run_plan(steps: list[tuple[str, nn.Module]], xs: torch.Tensor, fast: bool |
         elif kind == "fold":
             x = _fold(m, x)
         else:
-            x = _per_step(m, x)
+            own = {id(layer) for layer in inside[i]}
+            outside = [layer for j, group in enumerate(inside) if j != i for layer in group if id(layer) not in own]
+            x = _per_step_watched(m, x, outside)
     return x
+
+
+def _version(layer: TTLayer) -> int:
+    return layer.__dict__.get("_tt_version", 0)
+
+
+def _per_step_watched(m: nn.Module, xs: torch.Tensor, outside: list[TTLayer]) -> Any:
+    """``T`` calls of ``m``, refusing a call that changes the state of a neuron layer elsewhere in the chain.
+
+    In sequence mode each layer runs over the whole sequence in turn, so a module (a forward
+    hook, say) that zeroes, sets or detaches another layer's state at step ``t`` cannot be
+    reproduced: that is refused, and :func:`run` puts every state back as it was.
+    """
+    before = [_version(layer) for layer in outside]
+    outs = []
+    for t, x in enumerate(xs.unbind(0)):
+        outs.append(m(x))
+        for layer, v in zip(outside, before):
+            if _version(layer) != v:
+                raise ValueError(
+                    f"run: calling {type(m).__name__} at step {t} changed the hidden state of a "
+                    f"{type(layer).__name__} elsewhere in the model (zero_states(), set or detached, from a hook "
+                    "say); sequence mode runs each layer over the whole sequence in turn and cannot do that "
+                    "mid-sequence: call the model step by step instead (for x in xs: model(x)). Every state is as "
+                    "it was before run()"
+                )
+    return _stack(outs)
 
 
 def _checkpointed(body: Callable[[torch.Tensor], Any], xs: torch.Tensor, layers: list[TTLayer]) -> Any:
@@ -365,7 +457,10 @@ def run(
         model: an ``nn.Sequential`` of stateless modules and neuron layers, a TTLayer, or a model
             whose ``forward`` is ``return self.<chain>(x)`` (see the module docs); any other model
             runs step by step, with the same results.
-        xs: ``[T, B, ...]``: ``xs[t]`` is what ``model(x)`` would receive at step ``t``.
+        xs: ``[T, B, ...]``: ``xs[t]`` is what ``model(x)`` would receive at step ``t``. Dim 0 is
+            always time (an unbatched sequence is ``[T, N]``): a ``[B, N]`` batch of one step is read
+            as ``B`` steps, which is refused where it can be known, when a layer holds a state of
+            another rank than one step of ``xs`` (``ValueError``).
         fast: for the built-in neuron layers' time loops (see :func:`tracetorch.functional.scan`):
             ``None`` runs the fused kernels where they apply, ``True`` insists, ``False`` runs the
             plain step loop.
@@ -379,7 +474,8 @@ def run(
 
     Returns:
         ``[T, B, ...]``, the stacked per-step outputs (a pytree of those if the model returns one).
-        Every neuron layer's state is left where ``T`` per-step calls would leave it.
+        Every neuron layer's state is left where ``T`` per-step calls would leave it. If the call
+        fails, every state is put back as it was before it.
     """
     from ..state.tree import named_layers
 
@@ -397,6 +493,17 @@ def run(
     checkpoint, detach_every = _positive("checkpoint", checkpoint), _positive("detach_every", detach_every)
     steps = plan(model, xs)
     layers = [layer for _, layer in named_layers(model)]
+    saved = [(layer, [layer.__dict__.get(n) for n in layer.state_names]) for layer in layers]
+    try:
+        return _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every)
+    except BaseException:
+        for layer, values in saved:  # a failed run leaves every state as it was
+            for n, t in zip(layer.state_names, values):
+                object.__setattr__(layer, n, t)
+        raise
+
+
+def _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every) -> Any:
 
     def body(seq: torch.Tensor) -> Any:
         return _per_step(model, seq) if steps is None else _run_plan(steps, seq, fast, chunk)

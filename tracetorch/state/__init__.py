@@ -1,6 +1,6 @@
 """Hidden states as pytrees: get, set, map, flatten, save and load the state of any model."""
 
-from .io import FORMAT, FORMAT_VERSION, LoadResult, load_states, save_states
+from .io import FORMAT, FORMAT_VERSION, METADATA_KEY, LoadResult, load_states, save_states
 from .tree import (
     NAMESPACE,
     detach,
@@ -32,4 +32,5 @@ __all__ = [
     "LoadResult",
     "FORMAT",
     "FORMAT_VERSION",
+    "METADATA_KEY",
 ]

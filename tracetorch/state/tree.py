@@ -19,7 +19,7 @@ import optree
 import torch
 from torch import nn
 
-from ..nn.layer import TTLayer
+from ..nn.layer import TTLayer, _state_items
 
 __all__ = [
     "NAMESPACE",
@@ -99,34 +99,45 @@ def get_states(model: nn.Module) -> dict[str, Any]:
 def set_states(model: nn.Module, tree: dict[str, Any], strict: bool = True) -> None:
     """Put a state tree (as from :func:`get_states`) back into ``model``.
 
-    Validates every entry first (paths, field names, shapes along each layer's ``dim``);
-    on any error nothing is changed. ``strict=False`` allows layers missing from ``tree``.
+    Validates every entry of every layer first (paths, field names, that each is a dense real
+    floating tensor with ``num_neurons`` along the layer's ``dim``, one shape and one dtype per
+    layer); on any error nothing is changed and the ``ValueError`` lists every problem.
+    ``strict=False`` allows layers missing from ``tree``. The tensors are set as they are (not
+    copied), so a state tree keeps its autograd graph.
     """
+    if not isinstance(tree, dict):
+        raise TypeError(f"set_states: expected a dict of layer path -> state, received {type(tree).__name__}")
     layers = dict(named_layers(model))
     unexpected = [p for p in tree if p not in layers]
     missing = [p for p in layers if p not in tree] if strict else []
     if unexpected or missing:
         raise ValueError(f"set_states: missing layers {missing}, unexpected layers {unexpected}")
+    problems: list[str] = []
+    updates: list[tuple[TTLayer, dict[str, Any] | None]] = []
     for path, value in tree.items():
         layer = layers[path]
         if value is None:
+            updates.append((layer, None))
             continue
-        items = value._asdict() if hasattr(value, "_asdict") else dict(value)
-        if set(items) != set(layer.state_names):
-            raise ValueError(
-                f"set_states: layer {path!r} ({type(layer).__name__}) has states {list(layer.state_names)}, received {list(items)}"
+        items = _state_items(value)
+        where = f"{path}." if path else ""
+        if items is None:
+            problems.append(
+                f"{path or '<model>'}: expected a state NamedTuple or dict, received {type(value).__name__}"
             )
-        for name, t in items.items():
-            if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[layer.dim] != layer.num_neurons:
-                got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                raise ValueError(
-                    f"set_states: {path}.{name} must be a tensor with {layer.num_neurons} along dim={layer.dim}, received {got}"
-                )
-    for path, value in tree.items():
-        if value is None:
-            layers[path].zero_states()
+            continue
+        found = layer._state_problems(items, prefix=where)
+        if found:
+            problems.extend(f"{p} ({type(layer).__name__})" for p in found)
+            continue
+        updates.append((layer, items))
+    if problems:
+        raise ValueError("set_states: states not set, the model is unchanged: " + "; ".join(problems))
+    for layer, items in updates:
+        if items is None:
+            layer.zero_states()
         else:
-            layers[path].state = value
+            layer._put_states(items)
 
 
 def map(fn: Callable[[torch.Tensor], torch.Tensor], tree: Any, *rest: Any) -> Any:
