@@ -35,9 +35,21 @@ from pathlib import Path
 from .codegen import Dialect, backward_lines, forward_lines
 from .trace import Adjoint, Traced
 
-__all__ = ["c_source", "Compiler", "compiler", "cache_dir", "load", "BuildError"]
+__all__ = ["c_source", "Compiler", "compiler", "cache_dir", "load", "BuildError", "threads_for"]
 
-BLOCK = {"float": 1024, "double": 512}
+BLOCK = {"float": 2048, "double": 1024}
+
+
+def threads_for(T: int, S: int, real: str) -> int:
+    """OpenMP threads for a call: torch's intra-op count, fewer when there is too little work to share.
+
+    A thread gets whole blocks of elements, and starting one costs about as much as a few tens of
+    thousands of neuron-steps, so small calls (the per-step case) run on one thread.
+    """
+    import torch
+
+    blocks = -(-S // BLOCK[real])
+    return max(1, min(torch.get_num_threads(), blocks, (T * S) >> 15))
 
 
 class BuildError(RuntimeError):
@@ -146,8 +158,15 @@ def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
             "const int w = (int)(S - i0 < TT_BLOCK ? S - i0 : TT_BLOCK);",
         ]
         for k in range(np_):
+            # element i reads prm[k][(i / inner) % n]: one division per block, then a running index
             lines.append(f"real p{k}[TT_BLOCK];")
-            lines.append(f"for (int j = 0; j < w; j++) p{k}[j] = prm[{k}][((i0 + j) / pin[{k}]) % pn[{k}]];")
+            lines.append("{")
+            lines.append(f"    long c = i0 % pin[{k}], n = (i0 / pin[{k}]) % pn[{k}];")
+            lines.append("    for (int j = 0; j < w; j++) {")
+            lines.append(f"        p{k}[j] = prm[{k}][n];")
+            lines.append(f"        if (++c == pin[{k}]) {{ c = 0; if (++n == pn[{k}]) n = 0; }}")
+            lines.append("    }")
+            lines.append("}")
         for k in range(ns):
             lines.append(f"real s{k}[TT_BLOCK];")
             src = f"gstT[{k}]" if grad else f"st0[{k}]"

@@ -153,10 +153,11 @@ def neuron_scan(
 
         gpu.forward(get_kernel(kind, spike, quant), xs, state, params, layout, seed, ys, final, saved if save else None)
         return ys, final, saved
-    lib = get_kernel(kind, spike, quant).lib(_DTYPES[xs.dtype])
+    real = _DTYPES[xs.dtype]
+    lib = get_kernel(kind, spike, quant).lib(real)
     lib.tt_forward(
         T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
-        _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), torch.get_num_threads(),
+        _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), cpu.threads_for(T, S, real),
     )  # fmt: skip
     return ys, final, saved
 
@@ -200,11 +201,12 @@ def neuron_scan_backward(
             gxs, gstate, gparams,
         )  # fmt: skip
         return gxs, gstate, gparams
-    lib = get_kernel(kind, spike, quant).lib(_DTYPES[xs.dtype])
+    real = _DTYPES[xs.dtype]
+    lib = get_kernel(kind, spike, quant).lib(real)
     lib.tt_backward(
         T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
         _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
-        _ptrs(gparams), torch.get_num_threads(),
+        _ptrs(gparams), cpu.threads_for(T, S, real),
     )  # fmt: skip
     return gxs, gstate, gparams
 
