@@ -19,6 +19,7 @@ from torch import nn
 import tracetorch as tt
 import tracetorch.functional as F
 from tracetorch.functional import kernels
+from tracetorch.functional.kernels import ops
 from tracetorch.functional.kernels.ops import uniform_draws
 
 NAMES = list(F.NAMES)
@@ -77,11 +78,20 @@ def noisy_quant(quant, draws):
     return q
 
 
+@pytest.fixture(params=["function", "op"])
+def kernel_path(request):
+    """Eager calls through the lean autograd.Function (the default) or through the custom ops."""
+    old = ops.EAGER_PATH["mode"]
+    ops.EAGER_PATH["mode"] = "auto" if request.param == "function" else "op"
+    yield request.param
+    ops.EAGER_PATH["mode"] = old
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("rank", [1, 0])
 @pytest.mark.parametrize("name", NAMES)
-def test_kernel_equals_plain_loop_round(name, rank, dtype):
-    """Outputs, final states and gradients wrt params, initial state and inputs, every type."""
+def test_kernel_equals_plain_loop_round(name, rank, dtype, kernel_path):
+    """Outputs, final states and gradients wrt params, initial state and inputs, every type, both eager paths."""
     _, params, state, xs, w = make(name, rank, dtype)
     loop = run(name, params, state, xs, w, quant_fn="round", fast=False)
     fused = run(name, params, state, xs, w, quant_fn="round", fast=True)
@@ -200,7 +210,7 @@ def test_layers_with_dim_and_batch_sizes_through_kernels():
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_double_backward_is_a_clear_error():
+def test_double_backward_is_a_clear_error(kernel_path):
     _, params, state, xs, w = make("LIB")
     ys, _ = F.scan(F.lib_step, params, state, xs, quant_fn="round", fast=True)
     (gx,) = torch.autograd.grad((ys * w).sum(), xs, create_graph=True)
@@ -213,7 +223,7 @@ def test_double_backward_is_a_clear_error():
     assert params.beta.grad is not None and params.beta.grad.abs().sum() > 0
 
 
-def test_kernel_gradcheck_float64():
+def test_kernel_gradcheck_float64(kernel_path):
     """torch.autograd.gradcheck through the kernel path (LI: smooth; LIB: round has zero-measure kinks)."""
     for name in ("LI", "DSLI"):
         spec, params, state, xs, _ = make(name, steps=3, shape=(2, 3))

@@ -167,14 +167,9 @@ def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
             lines.append(f"        if (++c == pin[{k}]) {{ c = 0; if (++n == pn[{k}]) n = 0; }}")
             lines.append("    }")
             lines.append("}")
-        for k in range(ns):
+        for k in range(ns):  # forward: the state; backward: the adjoint of the state, from the final one's
             lines.append(f"real s{k}[TT_BLOCK];")
-            src = f"gstT[{k}]" if grad else f"st0[{k}]"
-            lines.append(
-                f"for (int j = 0; j < w; j++) s{k}[j] = {src} ? {src}[i0 + j] : (real)0;"
-                if grad
-                else f"for (int j = 0; j < w; j++) s{k}[j] = {src}[i0 + j];"
-            )
+            lines.append(f"for (int j = 0; j < w; j++) s{k}[j] = {'gstT' if grad else 'st0'}[{k}][i0 + j];")
         return lines
 
     fw = [

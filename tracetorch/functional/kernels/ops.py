@@ -120,6 +120,69 @@ def uniform_draws(seed: int, T: int, S: int, sites: int, dtype: torch.dtype = to
     return (h >> 8).to(dtype) * 2.0**-24
 
 
+# ---- the two kernels, as plain functions on tensors --------------------------------------------
+
+
+def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save):
+    """Forward kernel: see :func:`neuron_scan` (whose body this is)."""
+    xs = xs.contiguous()
+    state = [s.contiguous() for s in state]
+    params = [p.contiguous() for p in params]
+    T, S = xs.shape
+    ys = torch.empty_like(xs)
+    final = [torch.empty_like(s) for s in state]
+    saved = xs.new_empty((len(state), T, S) if save else (0,))
+    if xs.device.type == "cuda":
+        from . import gpu
+
+        gpu.forward(get_kernel(kind, spike, quant), xs, state, params, layout, seed, ys, final, saved if save else None)
+        return ys, final, saved
+    real = _DTYPES[xs.dtype]
+    lib = get_kernel(kind, spike, quant).lib(real)
+    lib.tt_forward(
+        T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
+        _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), cpu.threads_for(T, S, real),
+    )  # fmt: skip
+    return ys, final, saved
+
+
+def scan_backward(xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final):
+    """Backward kernel: see :func:`neuron_scan_backward` (whose body this is)."""
+    xs, saved, grad_ys = xs.contiguous(), saved.contiguous(), grad_ys.contiguous()
+    state = [s.contiguous() for s in state]
+    params = [p.contiguous() for p in params]
+    grad_final = [g.contiguous() for g in grad_final]
+    T, S = xs.shape
+    gxs = torch.empty_like(xs)
+    gstate = [torch.empty_like(s) for s in state]
+    gparams = [xs.new_empty(S) for _ in params]
+    if xs.device.type == "cuda":
+        from . import gpu
+
+        gpu.backward(
+            get_kernel(kind, spike, quant), xs, state, params, layout, seed, saved, grad_ys, grad_final,
+            gxs, gstate, gparams,
+        )  # fmt: skip
+        return gxs, gstate, gparams
+    real = _DTYPES[xs.dtype]
+    lib = get_kernel(kind, spike, quant).lib(real)
+    lib.tt_backward(
+        T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
+        _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
+        _ptrs(gparams), cpu.threads_for(T, S, real),
+    )  # fmt: skip
+    return gxs, gstate, gparams
+
+
+def _reduce_params(gelem: list[torch.Tensor], layout: list[int], S: int) -> list[torch.Tensor]:
+    """Per-element param gradients ``[S]`` summed to each param's flat ``[n]``."""
+    out = []
+    for k, g in enumerate(gelem):
+        n, inner = layout[2 * k], layout[2 * k + 1]
+        out.append(g.reshape(S // (n * inner), n, inner).sum(dim=(0, 2)))
+    return out
+
+
 # ---- the ops ------------------------------------------------------------------------------------
 
 
@@ -141,25 +204,7 @@ def neuron_scan(
     ``layout = [n_0, inner_0, n_1, inner_1, ...]``. ``seed`` (an int64 scalar tensor) keys the
     random quantizers' draws. Returns ``(ys [T, S], final state [S]..., saved [n_state, T, S] or [0])``.
     """
-    xs = xs.contiguous()
-    state = [s.contiguous() for s in state]
-    params = [p.contiguous() for p in params]
-    T, S = xs.shape
-    ys = torch.empty_like(xs)
-    final = [torch.empty_like(s) for s in state]
-    saved = xs.new_empty((len(state), T, S) if save else (0,))
-    if xs.device.type == "cuda":
-        from . import gpu
-
-        gpu.forward(get_kernel(kind, spike, quant), xs, state, params, layout, seed, ys, final, saved if save else None)
-        return ys, final, saved
-    real = _DTYPES[xs.dtype]
-    lib = get_kernel(kind, spike, quant).lib(real)
-    lib.tt_forward(
-        T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
-        _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), cpu.threads_for(T, S, real),
-    )  # fmt: skip
-    return ys, final, saved
+    return scan_forward(xs, state, params, kind, spike, quant, layout, seed, save)
 
 
 @neuron_scan.register_fake
@@ -185,30 +230,7 @@ def neuron_scan_backward(
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """The BPTT backward of :func:`neuron_scan`: gradients wrt ``xs``, the initial state, and each
     param *per element* (``[S]`` each; the caller sums them to the param's shape)."""
-    xs, saved, grad_ys = xs.contiguous(), saved.contiguous(), grad_ys.contiguous()
-    state = [s.contiguous() for s in state]
-    params = [p.contiguous() for p in params]
-    grad_final = [g.contiguous() for g in grad_final]
-    T, S = xs.shape
-    gxs = torch.empty_like(xs)
-    gstate = [torch.empty_like(s) for s in state]
-    gparams = [xs.new_empty(S) for _ in params]
-    if xs.device.type == "cuda":
-        from . import gpu
-
-        gpu.backward(
-            get_kernel(kind, spike, quant), xs, state, params, layout, seed, saved, grad_ys, grad_final,
-            gxs, gstate, gparams,
-        )  # fmt: skip
-        return gxs, gstate, gparams
-    real = _DTYPES[xs.dtype]
-    lib = get_kernel(kind, spike, quant).lib(real)
-    lib.tt_backward(
-        T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
-        _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
-        _ptrs(gparams), cpu.threads_for(T, S, real),
-    )  # fmt: skip
-    return gxs, gstate, gparams
+    return scan_backward(xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final)
 
 
 @neuron_scan_backward.register_fake
@@ -237,12 +259,7 @@ def _backward(ctx, grad_ys, grad_final, _grad_saved):
     gxs, gstate, gelem = neuron_scan_backward(
         xs, list(state), list(params), kind, spike, quant, layout, seed, saved, grad_ys, grad_final
     )
-    S = xs.shape[1]
-    gparams = []
-    for k, g in enumerate(gelem):
-        n, inner = layout[2 * k], layout[2 * k + 1]
-        gparams.append(g.reshape(S // (n * inner), n, inner).sum(dim=(0, 2)))
-    return gxs, gstate, gparams, None, None, None, None, None, None
+    return gxs, gstate, _reduce_params(gelem, layout, xs.shape[1]), None, None, None, None, None, None
 
 
 torch.library.register_autograd("tracetorch::neuron_scan", _backward, setup_context=_setup)
@@ -286,6 +303,54 @@ def _vmap_backward(info, in_dims, *args):
 neuron_scan_backward.register_vmap(_vmap_backward)
 
 
+class _FirstOrder(torch.autograd.Function):
+    """Identity on gradients computed by the kernels; differentiating it again raises."""
+
+    @staticmethod
+    def forward(ctx, anchor, *grads):
+        return grads
+
+    @staticmethod
+    def backward(ctx, *grads):
+        _no_double_backward(ctx)
+
+
+class _EagerScan(torch.autograd.Function):
+    """The kernels in eager mode: the same C (or Triton) calls as the custom ops, without the
+    dispatcher's per-call cost (it matters for the per-step calls of the object API)."""
+
+    @staticmethod
+    def forward(ctx, meta, xs, *flat):
+        kind, spike, quant, layout, ns, seed = meta
+        state, params = list(flat[:ns]), list(flat[ns:])
+        save = any(ctx.needs_input_grad[1:])
+        ys, final, saved = scan_forward(xs, state, params, kind, spike, quant, layout, seed, save)
+        ctx.meta = meta
+        ctx.save_for_backward(xs, saved, *state, *params)
+        return (ys, *final)
+
+    @staticmethod
+    def backward(ctx, grad_ys, *grad_final):
+        kind, spike, quant, layout, ns, seed = ctx.meta
+        xs, saved, *rest = ctx.saved_tensors
+        state, params = rest[:ns], rest[ns:]
+        grad_ys = torch.zeros_like(xs) if grad_ys is None else grad_ys
+        grad_final = [torch.zeros_like(s) if g is None else g for s, g in zip(state, grad_final)]
+        with torch.no_grad():
+            gxs, gstate, gelem = scan_backward(
+                xs, list(state), list(params), kind, spike, quant, layout, seed, saved, grad_ys, grad_final
+            )
+            grads = (gxs, *gstate, *_reduce_params(gelem, layout, xs.shape[1]))
+        if torch.is_grad_enabled():  # create_graph=True: a further backward through these must raise
+            grads = _FirstOrder.apply(torch.zeros((), requires_grad=True), *grads)
+        return (None, *grads)
+
+
+#: ``"auto"``: eager calls take :class:`_EagerScan`, traced ones (``torch.compile``) the custom op;
+#: ``"op"``: always the custom op (the tests run both).
+EAGER_PATH = {"mode": "auto"}
+
+
 # ---- the Python entry ---------------------------------------------------------------------------
 
 
@@ -322,9 +387,14 @@ def kernel_scan(
         seed = torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64)
     else:
         seed = torch.zeros((), dtype=torch.int64)
-    tensors = [*flat_params, *state, xs]
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    ys, final, _ = neuron_scan(
-        xs.reshape(T, S), [s.reshape(S) for s in state], flat_params, spec.name, spike, quant, layout, seed, save
-    )
+    flat_state = [s.reshape(S) for s in state]
+    if EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling():
+        meta = (spec.name, spike, quant, layout, len(flat_state), seed)
+        ys, *final = _EagerScan.apply(meta, xs.reshape(T, S), *flat_state, *flat_params)
+    else:
+        tensors = [*flat_params, *state, xs]
+        save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        ys, final, _ = neuron_scan(
+            xs.reshape(T, S), flat_state, flat_params, spec.name, spike, quant, layout, seed, save
+        )
     return ys.reshape(xs.shape), spec.State(*(f.reshape(shape) for f in final))
