@@ -2,7 +2,7 @@
 
 from .layer import TTLayer
 from .model import TTModel, functional_call
-from .neurons import LAYERS, NeuronLayer
+from .neurons import LAYERS, NeuronLayer, unknown_type_message
 from .sequence import plan, register_stateless, run, scan_layer, stateless
 
 globals().update(LAYERS)
@@ -20,3 +20,10 @@ __all__ = [
     "register_stateless",
     *LAYERS,
 ]
+
+
+def __getattr__(name: str):
+    # an unknown attribute: a layer name from elsewhere (LIF, Leaky, ...) gets ours in the message
+    if name[:1].isupper():
+        raise AttributeError(f"module 'tracetorch.nn' has no attribute {name!r}: {unknown_type_message(name)}", name=name, obj=None)
+    raise AttributeError(f"module 'tracetorch.nn' has no attribute {name!r}")
