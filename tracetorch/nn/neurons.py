@@ -109,10 +109,17 @@ def _make_layer(spec: core.NeuronSpec) -> type:
         )
         + "\nShape: input ``[..., num_neurons (at dim), ...]`` -> output of the same shape."
     )
+    def __init__(self: NeuronLayer, *args: Any, **kwargs: Any) -> None:
+        NeuronLayer.__init__(self, *args, **kwargs)
+
+    __init__.__signature__ = sig  # type: ignore[attr-defined]  # help(), IDEs and the API reference show the real one
+    __init__.__qualname__ = f"{spec.name}.__init__"
+    __init__.__module__ = "tracetorch.nn"
     cls = type(
         spec.name,
         (NeuronLayer,),
         {
+            "__init__": __init__,
             "spec": spec,
             "_signature": sig,
             "__signature__": sig.replace(parameters=list(sig.parameters.values())[1:]),
