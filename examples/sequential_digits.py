@@ -15,7 +15,7 @@ so the recurrence lives in the layer's managed state: ``zero_states``, ``detach_
 (``tt.loss.membrane_cross_entropy``).
 
 With the defaults it reaches 90-95% test accuracy (seeds 0-4: 90.3, 94.4, 91.4, 94.4, 92.5%;
-chance: 10%; about 84% without the dense recurrence) in some 10-20 s on two CPU cores; no download:
+chance: 10%; 84-88% without the dense recurrence, seeds 0-2) in some 10-20 s on two CPU cores; no download:
 
     python examples/sequential_digits.py
     python examples/sequential_digits.py --layer SRLIB --seed 1

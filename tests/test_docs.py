@@ -161,3 +161,17 @@ def test_docs_extra_and_ci():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "mkdocs build --strict" in ci and ".[test,docs]" in ci.replace("'", "")
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
+
+
+def test_docs_hook_embeds_the_chart_only_once_it_exists(tmp_path):
+    sys.path.insert(0, str(DOCS))
+    try:
+        import hooks
+    finally:
+        sys.path.remove(str(DOCS))
+    page = "text\n\n![ratios](benchmarks.png)\n\n![other](neuron_families.png)\n"
+    absent = hooks.on_page_markdown(page, None, {"docs_dir": str(tmp_path)}, None)
+    assert "![ratios]" not in absent and "python benchmarks/bench.py" in absent
+    assert "![other](neuron_families.png)" in absent  # every other image is left to the strict check
+    (tmp_path / "benchmarks.png").write_bytes(b"png")
+    assert hooks.on_page_markdown(page, None, {"docs_dir": str(tmp_path)}, None) == page
