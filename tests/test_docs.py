@@ -159,7 +159,8 @@ def test_docs_extra_and_ci():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'^docs = \[.*"mkdocs-material.*"mkdocstrings\[python\]', pyproject, re.M)
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "mkdocs build --strict" in ci and ".[test,docs]" in ci.replace("'", "")
+    assert "mkdocs build --strict" in ci and re.search(r"-e .\.\[test,docs,typing\]", ci)
+    assert "mypy --follow-imports=silent tests/typing/public_api.py" in ci
     assert os.access(ROOT / ".ci" / "run", os.X_OK)
 
 

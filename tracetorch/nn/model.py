@@ -75,8 +75,10 @@ class TTModel(nn.Module):
     def run(self, xs: torch.Tensor, **kwargs: Any) -> Any:
         """Feed a whole ``[T, B, ...]`` sequence through the model in one call (see :func:`tracetorch.nn.run`).
 
-        The same outputs as ``T`` calls of ``self(x_t)``, stacked to ``[T, B, ...]``, and the same final
-        states; keyword arguments (``fast``, ``chunk``, ``checkpoint``, ``detach_every``) go to
+        What ``T`` calls of ``self(x_t)``, stacked to ``[T, B, ...]``, compute, with the same final
+        states: equal outputs and states with deterministic quantizers (``"round"``); with the random
+        ones (``"bernoulli"``, the default, ``"probabilistic"``) the same distribution, other samples.
+        Keyword arguments (``fast``, ``chunk``, ``checkpoint``, ``detach_every``) go to
         :func:`tracetorch.nn.run`.
         """
         from .sequence import run
