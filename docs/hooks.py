@@ -23,3 +23,11 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         note = f"*(The chart is not built yet: run `python {script}` to write `docs/{name}`.)*"
         markdown = re.sub(rf"!\[[^\]]*\]\({re.escape(name)}\)", note, markdown)
     return markdown
+
+
+_ROLE = re.compile(r":(?:func|class|meth|data|mod|attr|exc|obj):(<code[^>]*>)(~)?")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Docstrings cite names Sphinx-style (``:func:`run```); show just the name, as code."""
+    return _ROLE.sub(lambda m: m.group(1), html)

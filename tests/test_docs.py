@@ -176,3 +176,13 @@ def test_docs_hook_embeds_the_chart_only_once_it_exists(tmp_path):
     assert "![other](neuron_families.png)" in absent  # every other image is left to the strict check
     (tmp_path / "benchmarks.png").write_bytes(b"png")
     assert hooks.on_page_markdown(page, None, {"docs_dir": str(tmp_path)}, None) == page
+
+
+def test_docs_hook_drops_sphinx_roles():
+    sys.path.insert(0, str(DOCS))
+    try:
+        import hooks
+    finally:
+        sys.path.remove(str(DOCS))
+    html = "see :func:<code>tracetorch.nn.run</code> and :class:<code>~tracetorch.nn.TTLayer</code>"
+    assert hooks.on_page_content(html, None, {}, None) == "see <code>tracetorch.nn.run</code> and <code>tracetorch.nn.TTLayer</code>"
