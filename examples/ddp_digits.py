@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"test accuracy {accuracy:.4f} with {world} process(es), {seconds:.1f} s; copies identical: {in_sync}")
             if args.result is not None:
                 args.result.write_text(json.dumps(result))
+        if world > 1:
+            dist.barrier()  # nobody tears the group down while another process still talks to it
         return result
     finally:
         if dist.is_initialized():
