@@ -66,14 +66,17 @@ def timed(model: Net, step, spikes_in: torch.Tensor, repeats: int) -> tuple[torc
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, then compare eager / TTcompile / torch.compile inference; returns equalities and timings."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--timesteps", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=128)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # the summary, without the markup
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (0: evaluate the untrained model)")
+    parser.add_argument("--timesteps", type=int, default=16, help="timesteps per sample")
+    parser.add_argument("--hidden", type=int, default=128, help="hidden neurons")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant (the best counts)")
     parser.add_argument("--no-torch-compile", dest="torch_compile", action="store_false", help="skip torch.compile")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small matmuls: 1 is fastest)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data split and spikes")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -16,7 +16,7 @@ small, so torch runs on one thread (``--threads``): more only add overhead, and 
 other processes compete for the cores.
 
 After training it prints the test accuracy and, with ``tt.monitor``, records one test digit
-to draw the hidden layer's spike raster and membrane traces (``tt.plot.raster``,
+to draw the hidden layer's spike raster and membrane traces (before the reset) (``tt.plot.raster``,
 ``tt.plot.membrane``) into ``--out``.
 
 The data ships with scikit-learn (no download). The defaults reach about 97-99% test
@@ -78,14 +78,17 @@ def run(model: DigitsSNN, spikes_in: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     """Train, evaluate and plot; returns ``{"accuracy", "train_accuracy", "raster", "membrane", "seconds"}``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # the summary, without the markup
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs (0: evaluate the untrained model)")
     parser.add_argument("--timesteps", type=int, default=24, help="rate-coding window T")
     parser.add_argument("--layer", default="LIB", choices=list(tt.nn.LAYERS), help="type of the hidden layer")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=256, help="hidden neurons")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per batch")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle schedule)")
-    parser.add_argument("--quant-fn", default="round", choices=["round", "bernoulli", "probabilistic"])
+    parser.add_argument("--quant-fn", default="round", choices=["round", "bernoulli", "probabilistic"], help="quantizer of the firing layers")
     parser.add_argument(
         "--readout",
         default="auto",
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="spikes: LIB counts; membrane: LI mean membrane; auto: spikes unless --layer is an LI type",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small matmuls: 1 is fastest)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data split and spikes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the PNGs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -110,7 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     model = DigitsSNN(args.layer, args.hidden, readout, args.quant_fn)
     batches = (len(x_train) + args.batch_size - 1) // args.batch_size
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * batches)
+    # one-cycle over the whole run; with --epochs 0 there is nothing to schedule (the untrained model is evaluated)
+    sched = (
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * batches)
+        if args.epochs > 0
+        else None
+    )
     print(
         f"{args.layer} hidden layer ({args.hidden}), {readout} readout, T={args.timesteps}, quant_fn={args.quant_fn!r}"
     )
@@ -127,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             correct += tt.loss.accuracy(out, y_train[idx]) * len(idx)
             bar.update()
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
@@ -146,16 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"test accuracy {test_acc:.4f} (train {train_acc:.4f}) after {args.epochs} epochs, {seconds:.1f} s")
 
     out = rec.outputs["net.hidden"][:, 0]  # [T, hidden]
-    states = rec.states["net.hidden"]
-    mem = states["mem"] if "mem" in states else states["pos_mem"] + states["neg_mem"]  # dual: mem = pos + neg
-    mem = mem[:, 0]
+    mem = rec.membranes["net.hidden"][:, 0]  # before the reset: it reaches the threshold at each spike
     layer = model.net.hidden
-    if "threshold" in layer.param_names:
-        threshold, note = layer.threshold, " (dashed: threshold)"
-    elif "pos_threshold" in layer.param_names:  # ternary: draw the positive one
-        threshold, note = layer.pos_threshold, " (dashed: positive threshold)"
-    else:  # LI: no threshold
-        threshold, note = None, ""
+    note = {"": "", "B": " (dashed: threshold)"}.get(layer.spec.firing, " (dashed: +pos_threshold, -neg_threshold)")
     # four neurons that were active on this digit, from the busiest to a quiet one
     counts = out.abs().sum(0)
     active = counts.argsort(descending=True)[: max(int((counts > 0).sum()), 1)]
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         tt.plot.raster(digit_in[:, 0], path=raster_path, title=f"input spikes, test digit {int(y_test[0])}")
     tt.plot.membrane(
         mem,
-        thresholds=None if threshold is None else threshold.detach(),
+        thresholds=layer,  # B: its threshold; T, TS: both; LI: none
         neurons=neurons,
         path=membrane_path,
         title=f"{args.layer} hidden membranes, test digit {int(y_test[0])}{note}",

@@ -50,16 +50,19 @@ def activate(raw):
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the four parts; returns what the smoke test checks."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--timesteps", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--inputs", type=int, default=20)
-    parser.add_argument("--neurons", type=int, default=32)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # the summary, without the markup
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--timesteps", type=int, default=50, help="timesteps per sample")
+    parser.add_argument("--batch-size", type=int, default=8, help="samples per batch")
+    parser.add_argument("--inputs", type=int, default=20, help="input features")
+    parser.add_argument("--neurons", type=int, default=32, help="neurons in the layer")
     parser.add_argument("--population", type=int, default=8, help="members of the vmapped population")
     parser.add_argument("--steps", type=int, default=25, help="gradient steps towards the target rates")
     parser.add_argument("--lr", type=float, default=20.0, help="plain gradient descent step size")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small matmuls: 1 is fastest)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data split and spikes")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -46,13 +46,16 @@ def encode(x: torch.Tensor, timesteps: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     """Train the population both ways; returns accuracies and the time of each way."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--members", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--timesteps", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # the summary, without the markup
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--members", type=int, default=32, help="networks in the population")
+    parser.add_argument("--hidden", type=int, default=64, help="hidden neurons")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs (0: evaluate the untrained model)")
+    parser.add_argument("--timesteps", type=int, default=8, help="timesteps per sample")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data split and spikes")
     args = parser.parse_args(argv)
 
     x_train, y_train, x_test, y_test = load_digits_tensors(args.seed)

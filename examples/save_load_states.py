@@ -49,11 +49,14 @@ def continue_run(model: Net, xs: torch.Tensor, seed: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> dict:
     """Save, load, continue; returns whether each continuation matched, and the files written."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # the summary, without the markup
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--warmup", type=int, default=20, help="steps run before saving")
     parser.add_argument("--steps", type=int, default=20, help="steps run after loading")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, data split and spikes")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the state files")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -93,8 +96,18 @@ def main(argv: list[str] | None = None) -> dict:
         "dict_identical": torch.equal(continue_run(from_dict, rest, args.seed + 1), reference),
         "zero_states_identical": torch.equal(continue_run(from_zero, rest, args.seed + 1), reference),
     }
-    for name, same in results.items():
-        print(f"continuation {name.replace('_identical', '')!r:16} identical to the original: {same}")
+    for name in ("pt_identical", "safetensors_identical", "dict_identical"):
+        verdict = "identical to the original run (ok)" if results[name] else "DIFFERS from the original run"
+        print(f"continuation after loading {name.replace('_identical', '')!r:15} {verdict}")
+    # the control: without the saved states the continuation must differ (the states carry the history)
+    verdict = "differs, as it should (ok)" if not results["zero_states_identical"] else "is identical: states carried nothing"
+    print(f"control: continuation from zero states {verdict}")
+    results["ok"] = (
+        results["pt_identical"]
+        and results["safetensors_identical"]
+        and results["dict_identical"]
+        and not results["zero_states_identical"]
+    )
 
     # a failed load names what is wrong and leaves the model as it was
     other = nn.Sequential(nn.Linear(16, 8), tt.nn.SLIB(8))

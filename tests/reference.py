@@ -1,6 +1,6 @@
-"""A plainly written reference of SPEC.md, independent of tracetorch's implementation.
+"""A plainly written reference of the maths page (docs/maths.md), independent of tracetorch's implementation.
 
-It reads the type's name letter by letter and follows SPEC.md's five stages literally, keeping
+It reads the type's name letter by letter and follows the maths page's five stages literally, keeping
 states in a dict. Quantizers are written as ``forward + (target - forward).detach()``
 straight-through expressions, not as autograd Functions.
 """
@@ -100,7 +100,7 @@ def ref_step(name, P, S, x, quant="round", spike=lambda v: torch.sigmoid(4 * v))
 
 
 def ref_param_names(name):
-    """Param names straight from SPEC.md's table."""
+    """Param names straight from the maths page's table."""
     t = parse(name)
 
     def both(n):
@@ -122,7 +122,7 @@ def ref_param_names(name):
 
 
 def ref_state_names(name):
-    """State names straight from SPEC.md."""
+    """State names straight from the maths page."""
     t = parse(name)
 
     def both(n):

@@ -1,4 +1,4 @@
-"""The functional core against the plain reference of SPEC.md (tests/reference.py)."""
+"""The functional core against the plain reference of docs/maths.md (tests/reference.py)."""
 
 import pytest
 import torch

@@ -292,7 +292,7 @@ def test_bad_num_neurons_and_input():
         with pytest.raises(ValueError, match="LI: num_neurons must be an int >= 1"):
             tt.nn.LI(bad)
     layer = tt.nn.LIB(16, dim=-3)
-    with pytest.raises(ValueError, match=r"LIB: input size along dim=-3 must be num_neurons=16, received 32"):
+    with pytest.raises(ValueError, match=r"^LIB: input size along dim=-3 must be num_neurons=16, received 32"):
         layer(torch.randn(2, 32, 5, 5))
     assert layer.mem is None  # nothing changed
     with pytest.raises(ValueError, match="LIB: dim=-3 is out of range"):
@@ -402,7 +402,7 @@ def test_seed_quickstart_runs_and_its_typo_is_caught():
         running_loss = running_loss + nn.functional.cross_entropy(model(x[t]), y[t])
     running_loss.backward()
     optimizer.step()
-    with pytest.raises(ValueError, match=r"LIB: input size along dim=-3 must be num_neurons=16, received 32"):
+    with pytest.raises(ValueError, match=r"^net\.1 \(LIB\): input size along dim=-3 must be num_neurons=16, received 32"):
         SNN(16)(x[0])
 
 

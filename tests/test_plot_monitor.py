@@ -88,8 +88,8 @@ def test_membrane_thresholds_and_png(tmp_path):
     assert [line.get_ydata()[0] for line in dashed] == pytest.approx(layer.threshold[:8].tolist())
     assert solid[3].get_ydata().tolist() == pytest.approx(traces[:, 0, 3].tolist())
     assert solid[3].get_color() == dashed[3].get_color()
-    one = plot.membrane(traces[:, 0], thresholds=1.0, neurons=[4, 19])
-    assert [line.get_ydata()[0] for line in one.axes[0].lines if line.get_linestyle() == "--"] == [1.0, 1.0]
+    one = plot.membrane(traces[:, 0], thresholds=1.0, neurons=[4, 19])  # a shared threshold: one line
+    assert [line.get_ydata()[0] for line in one.axes[0].lines if line.get_linestyle() == "--"] == [1.0]
     assert len(plot.membrane(traces[:, 0, :3]).axes[0].lines) == 3
 
 
@@ -379,3 +379,76 @@ def test_spike_plot_script_and_committed_png(tmp_path, monkeypatch):
         assert f"`{name}(" in text
     (snippet,) = re.findall(r"```python\n(.*?)```", text, re.S)
     exec(compile(snippet, "docs/spike_functions.md", "exec"), {})
+
+
+def _dashed(fig):
+    return sorted(line.get_ydata()[0] for line in fig.axes[0].lines if line.get_linestyle() == "--")
+
+
+def test_membrane_lines_are_placed_sensibly():
+    """A shared threshold is one line, both ternary thresholds are drawn, the y range holds them, the legend is outside."""
+    traces = torch.full((10, 4), 0.1)
+    fig = plot.membrane(traces, thresholds=tt.nn.LIB(4, threshold=1.5))
+    assert _dashed(fig) == [pytest.approx(1.5)]
+    low, high = fig.axes[0].get_ylim()
+    assert low < 0.1 and high > 1.5  # the line is inside the axes, not on its edge
+    legend = fig.axes[0].get_legend()
+    assert legend.get_bbox_to_anchor().x0 > fig.axes[0].get_window_extent().x1 - 1  # right of the axes
+    lit = tt.nn.LIT(4, pos_threshold=0.8, neg_threshold=0.6)
+    assert _dashed(plot.membrane(traces, thresholds=lit)) == [pytest.approx(-0.6), pytest.approx(0.8)]
+    assert _dashed(plot.membrane(traces, thresholds=0.8, neg_thresholds=0.6)) == [pytest.approx(-0.6), pytest.approx(0.8)]
+    assert _dashed(plot.membrane(traces, thresholds=tt.nn.LI(4))) == []
+    with pytest.raises(ValueError, match=r"membrane: neg_thresholds must be a number or a tensor \[N\] with N=4"):
+        plot.membrane(traces, thresholds=1.0, neg_thresholds=torch.ones(3))
+
+
+@pytest.mark.parametrize("name", ["LIB", "DSLIB", "SRLIT", "DSRLITS", "LI", "DSLI"])
+def test_monitor_records_the_membrane_before_the_reset(name):
+    torch.manual_seed(0)
+    cls = tt.nn.LAYERS[name]
+    rec_weights = {n: 0.3 for n in cls.spec.param_names if n.endswith("rec_weight")}
+    layer = cls(5, quant_fn="round", **rec_weights) if cls.spec.fires else cls(5)
+    net = nn.Sequential(nn.Linear(3, 5), layer)
+    xs = 3 * torch.rand(12, 2, 3)
+    with tt.monitor(net) as rec:
+        for x in xs:
+            net(x)
+    pre, y, st = rec.membranes["1"], rec.outputs["1"], rec.states["1"]
+    post = st["mem"] if "mem" in st else st["pos_mem"] + st["neg_mem"]
+    assert pre.shape == y.shape == (12, 2, 5)
+    if not cls.spec.fires:
+        torch.testing.assert_close(pre, post)
+        return
+    if cls.spec.firing == "B":
+        reset = y * layer.threshold
+        assert bool((pre[y > 0] >= layer.threshold.expand_as(pre)[y > 0] - 1e-6).all())  # a spike: it got there
+    else:
+        s_pos, s_neg = (y > 0).to(y.dtype), -(y < 0).to(y.dtype)
+        reset = s_pos * layer.pos_threshold + s_neg * layer.neg_threshold
+    assert y.abs().sum() > 0  # it fired, so the two differ
+    torch.testing.assert_close(pre, (post + reset).detach())
+    # the monitor's recomputation draws no random numbers and leaves the run as it was
+    layer.quant_fn, layer._quant = "bernoulli", tt.functional.bernoulli_st
+    layer.zero_states()
+    torch.manual_seed(1)
+    plain = [net(x) for x in xs]
+    layer.zero_states()
+    torch.manual_seed(1)
+    with tt.monitor(net):
+        watched = [net(x) for x in xs]
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+
+
+def test_monitor_membranes_in_sequence_mode_and_dim():
+    """model.run with a monitor runs step by step and records the pre-reset membrane in the input layout."""
+    torch.manual_seed(0)
+    model = tt.TTModel()
+    model.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), tt.nn.LIB(3, dim=-3, quant_fn="round", threshold=0.2))
+    model.forward = model.net.forward
+    xs = torch.rand(6, 2, 1, 4, 4)
+    with tt.monitor(model) as rec:
+        model.run(xs)
+    assert rec.membranes["net.1"].shape == (6, 2, 3, 4, 4)
+    y, post = rec.outputs["net.1"], rec.states["net.1"]["mem"]
+    torch.testing.assert_close(rec.membranes["net.1"], post + y * model.net[1].threshold.view(3, 1, 1).detach())
+    assert tt.monitor(model, states=False).__enter__().membranes == {}

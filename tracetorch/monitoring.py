@@ -6,7 +6,8 @@
         for t in range(T):
             model(x[t])
     rec.outputs["net.1"]                     # [T, B, N]: the layer's output at each call
-    rec.states["net.1"]["mem"]               # [T, B, N]: its membrane after each call
+    rec.states["net.1"]["mem"]               # [T, B, N]: its membrane after each call (after the reset)
+    rec.membranes["net.1"]                   # [T, B, N]: its membrane before the reset (what reaches threshold)
     rec.firing_rates()["net.1"]              # [N]: mean |output| per neuron
     # the hooks are gone here; the recording stays until rec.clear()
 
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .functional.neurons import _generic_step
 from .nn.layer import TTLayer
 from .state.tree import named_layers
 
@@ -54,7 +56,10 @@ class Recorder:
         self._device = None if device is None else torch.device(device)
         self._outputs: dict[str, list[torch.Tensor]] = {}
         self._states: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self._membranes: dict[str, list[torch.Tensor]] = {}
+        self._before: dict[str, Any] = {}
         self._cache: tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]] | None = None
+        self._mem_cache: dict[str, torch.Tensor] | None = None
         self._handles: list[Any] = []
 
     # ---- hooks --------------------------------------------------------------------------
@@ -62,6 +67,12 @@ class Recorder:
         if self._handles:
             raise RuntimeError("monitor: this recorder is already active (a `with` inside the same recorder's `with`)")
         self._handles = [layer.register_forward_hook(self._hook(path)) for path, layer in self.layers.items()]
+        if self._record_states:
+            self._handles += [
+                layer.register_forward_pre_hook(self._pre_hook(path))
+                for path, layer in self.layers.items()
+                if _built_in(layer)
+            ]
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -72,6 +83,7 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._before = {}
 
     @property
     def active(self) -> bool:
@@ -87,6 +99,12 @@ class Recorder:
         t = t.detach()
         return t.to(self._device, copy=True) if self._device is not None else t.clone()
 
+    def _pre_hook(self, path: str):
+        def pre_hook(layer: nn.Module, args: Any) -> None:
+            self._before[path] = layer.state  # the state going into this call (None: zeros)
+
+        return pre_hook
+
     def _hook(self, path: str):
         def hook(layer: nn.Module, args: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor):
@@ -100,7 +118,11 @@ class Recorder:
                     record = self._states.setdefault(path, {})
                     for name, value in state._asdict().items():
                         record.setdefault(name, []).append(self._keep(path, f"state {name!r}", value))
+                if _built_in(layer) and path in self._before and args and isinstance(args[0], torch.Tensor):
+                    mem = _pre_reset_membrane(layer, self._before.pop(path), args[0])
+                    self._membranes.setdefault(path, []).append(self._keep(path, "membrane", mem))
             self._cache = None
+            self._mem_cache = None
 
         return hook
 
@@ -131,6 +153,23 @@ class Recorder:
         """
         return self._stacked()[1]
 
+    @property
+    def membranes(self) -> dict[str, torch.Tensor]:
+        """``{path: [T, *output shape]}``: each built-in layer's membrane *before* the reset, per call.
+
+        This is the membrane a firing neuron compares with its threshold: at a spike it has
+        reached it (for ternary types, the positive threshold or minus the negative one), while
+        ``rec.states[path]["mem"]``, taken after the call, is already reset. For dual types it
+        is the total ``pos_mem + neg_mem``; for the LI family (no reset) it equals the recorded
+        ``mem``. It is recomputed in the monitor from the state before the call, the input and
+        the layer's params (the stages up to the membrane, without firing), so the layer's own
+        computation is untouched and no random numbers are drawn. Recorded for the 28
+        built-in types only, and only with ``states=True``; ``plot.membrane`` draws it.
+        """
+        if self._mem_cache is None:
+            self._mem_cache = {path: _stack(path, "membranes", ts) for path, ts in self._membranes.items()}
+        return self._mem_cache
+
     def __len__(self) -> int:
         """The number of calls recorded for the most-called layer."""
         return max((len(ts) for ts in self._outputs.values()), default=0)
@@ -155,10 +194,42 @@ class Recorder:
         """Forget everything recorded so far (the hooks stay as they are)."""
         self._outputs = {}
         self._states = {}
+        self._membranes = {}
         self._cache = None
+        self._mem_cache = None
 
     def __repr__(self) -> str:
         return f"Recorder(layers={list(self.layers)}, calls={len(self)}, states={self._record_states}, active={self.active})"
+
+
+def _built_in(layer: nn.Module) -> bool:
+    """Whether ``layer`` is one of the 28 built-in types (whose stages the monitor can recompute)."""
+    from .nn.neurons import NeuronLayer
+
+    return isinstance(layer, NeuronLayer)
+
+
+def _no_spikes(p: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(p)
+
+
+def _pre_reset_membrane(layer: Any, before: Any, x: torch.Tensor) -> torch.Tensor:
+    """The membrane of ``layer``'s last call before its reset, recomputed from the state before that call.
+
+    The generic step with a quantizer that never fires leaves the membrane unreset; stages 1-3
+    (synaptic, recurrent, membrane) are the very same computation as in the real call.
+    """
+    spec = layer.spec
+    work = layer._to_working_dim
+    xw = work(x.detach())
+    if before is None:
+        state = spec.State(*(torch.zeros_like(xw) for _ in spec.state_names))
+    else:
+        state = spec.State(*(work(t.detach()) for t in before))
+    with torch.no_grad():
+        _, new = _generic_step(spec, layer.activated_params(), state, xw, layer.spike_fn, _no_spikes)
+    mem = new.pos_mem + new.neg_mem if spec.dual else new.mem
+    return layer._from_working_dim(mem)
 
 
 def _stack(path: str, what: str, tensors: list[torch.Tensor]) -> torch.Tensor:

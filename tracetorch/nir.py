@@ -24,7 +24,7 @@ and for the synaptic current of ``CubaLI``/``CubaLIF``, ``tau_syn * dI/dt = -I +
 
 (the membrane sees the current of the same step, as in snnTorch's ``Synaptic`` and Norse's own
 ``CubaLIF`` import). tracetorch's ``mem = beta*mem + x`` and ``syn = alpha*syn + (1-alpha)*x``
-(SPEC.md) are exactly these with::
+(docs/maths.md) are exactly these with::
 
     tau = dt / (1 - beta)     r = tau / dt = 1 / (1 - beta)     v_leak = 0
     tau_syn = dt / (1 - alpha)     w_in = 1

@@ -12,6 +12,7 @@ Tensors may live on any device and may require grad: they are detached and copie
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -111,26 +112,36 @@ def raster(
     return fig
 
 
-def _threshold_values(thresholds: Any, num_neurons: int) -> torch.Tensor | None:
+def _threshold_values(thresholds: Any, num_neurons: int, name: str = "thresholds") -> torch.Tensor | None:
     if thresholds is None:
         return None
     if isinstance(thresholds, bool):
-        raise TypeError("membrane: thresholds must be a number or a tensor [] / [N], received bool")
+        raise TypeError(f"membrane: {name} must be a number or a tensor [] / [N], received bool")
     t = torch.as_tensor(thresholds).detach().to("cpu", torch.float64)
     if t.numel() == 1:
         return t.reshape(1).expand(num_neurons)
     if t.dim() != 1 or t.shape[0] != num_neurons:
         raise ValueError(
-            f"membrane: thresholds must be a number or a tensor [N] with N={num_neurons}, "
-            f"received shape {list(t.shape)}"
+            f"membrane: {name} must be a number or a tensor [N] with N={num_neurons}, received shape {list(t.shape)}"
         )
     return t
+
+
+def _layer_thresholds(layer: Any) -> tuple[Any, Any]:
+    """``(positive, negative)`` thresholds of a neuron layer: B types have one, T/TS two, LI none."""
+    names = set(getattr(layer, "param_names", ()))
+    if "threshold" in names:
+        return layer.threshold, None
+    if "pos_threshold" in names:
+        return layer.pos_threshold, layer.neg_threshold
+    return None, None
 
 
 def membrane(
     traces: torch.Tensor,
     *,
-    thresholds: float | torch.Tensor | None = None,
+    thresholds: Any = None,
+    neg_thresholds: float | torch.Tensor | None = None,
     ax: Any = None,
     path: str | os.PathLike | None = None,
     neurons: list[int] | None = None,
@@ -138,22 +149,39 @@ def membrane(
 ) -> Any:
     """Membrane potential over time for a few neurons, with their thresholds as dashed lines.
 
+    Draw the membrane *before* the reset (``rec.membranes`` of :func:`tracetorch.monitor`): a
+    firing neuron's trace then reaches its threshold at each spike. The states recorded after a
+    call (``rec.states[path]["mem"]``) are already reset and stay below it.
+
     Args:
         traces: ``[T, N]``, or ``[T, B, N]`` (first batch element; more trailing dims are
             flattened into neurons).
-        thresholds: a number (one threshold for all), or ``[N]`` (e.g. ``layer.threshold``);
-            each drawn neuron gets a dashed line in its colour. ``None``: no lines.
+        thresholds: a number (one threshold for all), ``[N]`` (e.g. ``layer.threshold``), or a
+            neuron layer itself, whose thresholds are read: ``threshold`` for the B types,
+            ``pos_threshold`` and ``-neg_threshold`` for the ternary (T, TS) ones, none for LI.
+            ``None``: no lines.
+        neg_thresholds: a number or ``[N]``: also draw a line at minus this value (the negative
+            threshold of a ternary type), when ``thresholds`` is not a layer.
         ax: matplotlib axes to draw into; default a new figure.
         path: write the figure there as PNG (parent folders are created).
         neurons: indices of the neurons to draw; default the first :data:`MAX_TRACES`.
         title: axes title.
+
+    When every drawn neuron has the same threshold, one black dashed line shows it; otherwise
+    each neuron gets a dashed line in its colour. The y range covers the traces and the lines,
+    and the legend sits outside the axes, on the right.
 
     Returns:
         The ``matplotlib.figure.Figure``.
     """
     v = _as_2d("membrane", "traces", traces)
     num_steps, num_neurons = v.shape
-    th = _threshold_values(thresholds, num_neurons)
+    if isinstance(thresholds, torch.nn.Module):
+        if neg_thresholds is not None:
+            raise TypeError("membrane: give neg_thresholds only with numeric thresholds, not with a layer")
+        thresholds, neg_thresholds = _layer_thresholds(thresholds)
+    pos_th = _threshold_values(thresholds, num_neurons)
+    neg_th = _threshold_values(neg_thresholds, num_neurons, "neg_thresholds")
     if neurons is None:
         neurons = list(range(min(num_neurons, MAX_TRACES)))
     else:
@@ -161,17 +189,30 @@ def membrane(
         bad = [i for i in neurons if not 0 <= i < num_neurons]
         if bad:
             raise ValueError(f"membrane: neurons must be indices in [0, {num_neurons}), received {bad}")
-    fig, ax = _new_axes(ax, (8.0, 4.0))
+    fig, ax = _new_axes(ax, (9.0, 4.0))
     steps = range(num_steps)
+    levels: list[float] = [float(v[:, i].min()) for i in neurons] + [float(v[:, i].max()) for i in neurons]
     for k, i in enumerate(neurons):
-        color = f"C{k % 10}"
-        ax.plot(steps, v[:, i].numpy(), color=color, linewidth=1.2, label=f"neuron {i}")
-        if th is not None:
-            ax.axhline(float(th[i]), color=color, linestyle="--", linewidth=0.9, alpha=0.8)
+        ax.plot(steps, v[:, i].numpy(), color=f"C{k % 10}", linewidth=1.2, label=f"neuron {i}")
+    for th, sign, label in ((pos_th, 1.0, "threshold"), (neg_th, -1.0, "-neg_threshold")):
+        if th is None or not neurons:
+            continue
+        values = [sign * float(th[i]) for i in neurons]
+        levels += values
+        if max(values) - min(values) <= 1e-6 * max(1.0, abs(values[0])):
+            ax.axhline(values[0], color="black", linestyle="--", linewidth=1.0, alpha=0.8, label=label)
+        else:
+            for k, value in enumerate(values):
+                ax.axhline(value, color=f"C{k % 10}", linestyle="--", linewidth=0.9, alpha=0.8)
+    finite = [x for x in levels if math.isfinite(x)]
+    if finite:
+        low, high = min(finite), max(finite)
+        pad = 0.08 * (high - low) if high > low else 0.5
+        ax.set_ylim(low - pad, high + pad)
     ax.set_xlabel("step")
     ax.set_ylabel("membrane")
     if neurons:
-        ax.legend(loc="upper right", fontsize="small", ncol=2)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", borderaxespad=0.0)
     if title is not None:
         ax.set_title(title)
     _save(fig, path)

@@ -1,7 +1,7 @@
-"""Cross-check tests/tt015/fixtures.pt against a plain re-implementation of SPEC.md.
+"""Cross-check tests/tt015/fixtures.pt against a plain re-implementation of docs/maths.md.
 
 Runs with any torch (no tracetorch import):  python tests/tt015/check_spec_reference.py
-Every type must match SPEC exactly, except SLIB, SRLIB, SRLIT, SRLITS, which match only
+Every type must match docs/maths.md exactly, except SLIB, SRLIB, SRLIT, SRLITS, which match only
 when 0.15's synaptic bug is emulated (syn = alpha*x + (1-alpha)*x, i.e. the stored syn
 is never read). Exits 1 on any unexpected result. Not a pytest module on purpose.
 """

@@ -1,7 +1,7 @@
 """The 28 neuron types as pure step functions, built from one table of specs.
 
 Every type is a :class:`NeuronSpec` ``(dual, synaptic, recurrent, firing)``; one generic step
-chains SPEC.md's stages (synaptic, recurrent, membrane, firing) as the spec says. The spec also
+chains the stages of the maths page (docs/maths.md) (synaptic, recurrent, membrane, firing) as the spec says. The spec also
 derives the type's name, its param names and defaults, and its state names, and owns one
 ``NamedTuple`` type for its params and one for its state (created here at import time, so they
 pickle and trace).
@@ -165,7 +165,7 @@ class NeuronSpec:
         spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
         quant_fn: Quantizer = "bernoulli",
     ) -> tuple[torch.Tensor, Any]:
-        """One timestep of this type (SPEC.md, "One timestep"). See :func:`make_step`."""
+        """One timestep of this type (docs/maths.md, "One timestep"). See :func:`make_step`."""
         check_step_args(self, params, state, x, f"{self.name}.step")
         return _generic_step(self, params, state, x, spike_fn, resolve_quantizer(quant_fn, self.name))
 
@@ -285,15 +285,15 @@ def check_step_args(spec: NeuronSpec, params: Any, state: Any, x: Any, where: st
 def _build_specs() -> dict[str, NeuronSpec]:
     specs = [NeuronSpec(d, s, False, "") for s in (False, True) for d in (False, True)]
     for head in ("B", "T", "TS"):
-        # SPEC.md's order: LIx DLIx SLIx RLIx DSLIx DRLIx SRLIx DSRLIx
+        # the maths page's order: LIx DLIx SLIx RLIx DSLIx DRLIx SRLIx DSRLIx
         for d, s, r in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)]:
             specs.append(NeuronSpec(bool(d), bool(s), bool(r), head))
     return {spec.name: spec for spec in specs}
 
 
-#: Every neuron type by name, in SPEC.md's order.
+#: Every neuron type by name, in the maths page's order (docs/maths.md).
 SPECS: dict[str, NeuronSpec] = _build_specs()
-#: The 28 names in SPEC.md's order.
+#: The 28 names in the maths page's order (docs/maths.md).
 NAMES: tuple[str, ...] = tuple(SPECS)
 
 for _spec in SPECS.values():  # create the NamedTuple types at import time, never in traced code
@@ -335,7 +335,7 @@ def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
         "TS": "as T, and y = s+*pos_scale + s-*neg_scale (the reset uses the unscaled spikes).",
     }[spec.firing]
     step.__doc__ = (
-        f'One timestep of a {spec.name} neuron (SPEC.md, "One timestep"): pure, nothing mutated.\n\n'
+        f'One timestep of a {spec.name} neuron (docs/maths.md, "One timestep"): pure, nothing mutated.\n\n'
         f"Stages: {'dual ' if spec.dual else ''}{'synaptic -> ' if spec.synaptic else ''}"
         f"{'recurrent -> ' if spec.recurrent else ''}membrane -> {spec.firing or 'LI'} output.\n"
         f"Firing: {firing}\n\n"
@@ -468,7 +468,7 @@ def init_params(
     device: torch.device | None = None,
     **values: Any,
 ) -> Any:
-    """Activated params of a type: SPEC.md's defaults, overridden by ``values``.
+    """Activated params of a type: the defaults of docs/maths.md, "Parameters", overridden by ``values``.
 
     ``values`` holds, per param ``p``: ``p=`` a float or a tensor ``[]``/``[num_neurons]`` and
     ``p_rank=`` 0 or 1 (default 1, used for floats). Returns the spec's Params NamedTuple.

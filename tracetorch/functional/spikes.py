@@ -3,7 +3,7 @@
 A *spike function* maps the distance to a threshold, ``v = mem - threshold``, to a firing
 probability in [0, 1]; it is smooth, so it is also the surrogate whose derivative trains the
 network. A *quantizer* turns that probability into the emitted value with a straight-through
-gradient (SPEC.md, "Spike and quantization functions").
+gradient (docs/maths.md, "Spike and quantization functions").
 
 Spike functions are frozen dataclasses: hashable and comparable, so they can sit in static
 config and ``torch.compile`` guards on them by value.
@@ -239,7 +239,7 @@ def probabilistic_from_noise(p: torch.Tensor, noise: torch.Tensor) -> torch.Tens
     return _NoiseProbabilisticST.apply(p, noise)
 
 
-#: The named quantizers of SPEC.md.
+#: The named quantizers (docs/maths.md, "Spike and quantization functions").
 QUANTIZERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "round": round_st,
     "bernoulli": bernoulli_st,

@@ -17,7 +17,20 @@ class TTModel(nn.Module):
 
     Layers are found through submodules (``Sequential``, ``ModuleList``, ``ModuleDict``) and plain
     Python lists, tuples, dicts and attributes (see :func:`tracetorch.state.named_layers`).
+
+    An exception raised inside one of its layers during a call (``model(x)``, ``model.run(xs)``)
+    comes out with the layer's path in front of its message (``net.1 (LIB): input size ...``;
+    other submodules: ``in net.0 (Linear): ...``), same exception, same type, same traceback.
     """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:
+            _add_layer_path(self, err)
+            raise
 
     def tt_layers(self) -> list[tuple[str, Any]]:
         """``[(path, layer), ...]`` for every TTLayer in the model."""
@@ -62,13 +75,54 @@ class TTModel(nn.Module):
     def run(self, xs: torch.Tensor, **kwargs: Any) -> Any:
         """Feed a whole ``[T, B, ...]`` sequence through the model in one call (see :func:`tracetorch.nn.run`).
 
-        The same outputs as ``T`` calls of ``self(x_t)``, stacked to ``[T, B, ...]``, and the same final
-        states; keyword arguments (``fast``, ``chunk``, ``checkpoint``, ``detach_every``) go to
+        What ``T`` calls of ``self(x_t)``, stacked to ``[T, B, ...]``, compute, with the same final
+        states: equal outputs and states with deterministic quantizers (``"round"``); with the random
+        ones (``"bernoulli"``, the default, ``"probabilistic"``) the same distribution, other samples.
+        Keyword arguments (``fast``, ``chunk``, ``checkpoint``, ``detach_every``) go to
         :func:`tracetorch.nn.run`.
         """
         from .sequence import run
 
-        return run(self, xs, **kwargs)
+        try:
+            return run(self, xs, **kwargs)
+        except Exception as err:
+            _add_layer_path(self, err)
+            raise
+
+
+def _add_layer_path(model: nn.Module, err: BaseException) -> None:
+    """Put the path of the innermost of ``model``'s modules in ``err``'s traceback in front of its message.
+
+    The message is rebuilt from the original each time, so a TTModel inside a TTModel ends up
+    with the full path from the outermost one. Errors whose first argument is not a string, or
+    raised outside any layer, are left as they are.
+    """
+    if not err.args or not isinstance(err.args[0], str):
+        return
+    paths = {id(m): path for path, m in model.named_modules() if path}
+    paths.update((id(layer), path) for path, layer in tree.named_layers(model) if path)
+    found = None
+    tb = err.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if owner is not None and id(owner) in paths:
+            found = (paths[id(owner)], type(owner).__name__)
+        tb = tb.tb_next
+    if found is None or not found[0]:
+        return
+    path, cls = found
+    original = getattr(err, "_tt_message", None)
+    if original is None:
+        original = err.args[0]
+        try:
+            err._tt_message = original  # type: ignore[attr-defined]
+        except AttributeError:
+            return
+    if original.startswith(f"{cls}: "):
+        message = f"{path} ({cls}): {original[len(cls) + 2 :]}"
+    else:
+        message = f"in {path} ({cls}): {original}"
+    err.args = (message, *err.args[1:])
 
 
 def functional_call(

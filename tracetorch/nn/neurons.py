@@ -141,7 +141,7 @@ def _make_layer(spec: core.NeuronSpec) -> type:
     doc = (
         f"{spec.name}: {'dual ' if spec.dual else ''}{'synaptic ' if spec.synaptic else ''}"
         f"{'recurrent ' if spec.recurrent else ''}{head}. One timestep per call.\n\n"
-        f'Maths: SPEC.md, "One timestep"; the pure form is ``tracetorch.functional.{spec.name.lower()}_step``.\n\n'
+        f'Maths: docs/maths.md, "One timestep"; the pure form is ``tracetorch.functional.{spec.name.lower()}_step``.\n\n'
         f"Params (activated, ``layer.<name>``; stored raw as ``raw_<name>``): "
         + ", ".join(f"{p.name} ({p.kind}, default {p.default})" for p in spec.params)
         + f".\nStates (input layout, ``None`` until the first call): {', '.join(spec.state_names)}.\n\n"
@@ -158,10 +158,17 @@ def _make_layer(spec: core.NeuronSpec) -> type:
         )
         + "\nShape: input ``[..., num_neurons (at dim), ...]`` -> output of the same shape."
     )
+    def __init__(self: NeuronLayer, *args: Any, **kwargs: Any) -> None:
+        NeuronLayer.__init__(self, *args, **kwargs)
+
+    __init__.__signature__ = sig  # type: ignore[attr-defined]  # help(), IDEs and the API reference show the real one
+    __init__.__qualname__ = f"{spec.name}.__init__"
+    __init__.__module__ = "tracetorch.nn"
     cls = type(
         spec.name,
         (NeuronLayer,),
         {
+            "__init__": __init__,
             "spec": spec,
             "_signature": sig,
             "__signature__": sig.replace(parameters=list(sig.parameters.values())[1:]),
@@ -174,6 +181,39 @@ def _make_layer(spec: core.NeuronSpec) -> type:
     return cls
 
 
-#: ``{"LIB": LIB, ...}``: the 28 layer classes in SPEC.md's order.
-LAYERS: dict[str, type] = {name: _make_layer(spec) for name, spec in core.SPECS.items()}
+#: Names other libraries (and textbooks) use for our types, for the error of an unknown name.
+ALIASES = {
+    "LIF": "LIB",
+    "Leaky": "LIB",
+    "LIFCell": "LIB",
+    "LIFNode": "LIB",
+    "IF": "LIB (with beta close to 1)",
+    "Synaptic": "SLIB",
+    "CubaLIF": "SLIB",
+    "LIFBoxCell": "LIB",
+    "RLeaky": "RLIB",
+    "RSynaptic": "SRLIB",
+    "LICell": "LI",
+    "CubaLI": "SLI",
+}
+
+
+def unknown_type_message(name: object) -> str:
+    """The message for an unknown layer name: what it is called here, if we know, and the 28 names."""
+    hint = ALIASES.get(name) if isinstance(name, str) else None
+    if hint is None and isinstance(name, str):
+        hint = next((n for n in core.NAMES if n.lower() == name.lower()), None)
+    said = f"; the {name} neuron is {hint} here" if hint else ""
+    return f"unknown neuron type {name!r}{said}. The 28 types: {', '.join(core.NAMES)} (docs/maths.md, 'Names')"
+
+
+class LayerTable(dict):
+    """``{"LIB": LIB, ...}``, a dict whose unknown keys raise a ``KeyError`` that says what to use."""
+
+    def __missing__(self, key: object) -> type:
+        raise KeyError(unknown_type_message(key))
+
+
+#: ``{"LIB": LIB, ...}``: the 28 layer classes in the maths page's order (docs/maths.md, "Names").
+LAYERS: LayerTable = LayerTable((name, _make_layer(spec)) for name, spec in core.SPECS.items())
 globals().update(LAYERS)

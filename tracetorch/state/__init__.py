@@ -4,6 +4,7 @@ from .io import FORMAT, FORMAT_VERSION, METADATA_KEY, LoadResult, load_states, s
 from .tree import (
     NAMESPACE,
     detach,
+    detach_states,
     flatten,
     get_states,
     map,
@@ -13,6 +14,7 @@ from .tree import (
     stack,
     unflatten,
     zero,
+    zero_states,
 )
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "named_layers",
     "get_states",
     "set_states",
+    "zero_states",
+    "detach_states",
     "zero",
     "detach",
     "map",

@@ -26,6 +26,8 @@ __all__ = [
     "named_layers",
     "get_states",
     "set_states",
+    "zero_states",
+    "detach_states",
     "zero",
     "detach",
     "map",
@@ -89,6 +91,18 @@ def named_layers(model: nn.Module) -> list[tuple[str, TTLayer]]:
 
     visit(model, "")
     return found
+
+
+def zero_states(model: nn.Module) -> None:
+    """Forget every hidden state of any module (``TTModel`` or not): each becomes ``None``, re-created lazily."""
+    for _, layer in named_layers(model):
+        layer.zero_states()
+
+
+def detach_states(model: nn.Module) -> None:
+    """Cut the autograd graph behind every hidden state of any module (values unchanged): truncated BPTT."""
+    for _, layer in named_layers(model):
+        layer.detach_states()
 
 
 def get_states(model: nn.Module) -> dict[str, Any]:
