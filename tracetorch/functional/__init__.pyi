@@ -6,7 +6,7 @@ from typing import Any
 from torch import Tensor
 
 from . import constraints as constraints
-from . import fast as fast
+from . import kernels as kernels
 from . import spikes as spikes
 from .constraints import decay_to_halflife as decay_to_halflife
 from .constraints import decay_to_timesteps as decay_to_timesteps
@@ -37,7 +37,7 @@ from .spikes import round_st as round_st
 from .spikes import sigmoid4x as sigmoid4x
 from .time import scan as scan
 
-__all__ = ['constraints', 'spikes', 'fast', 'NAMES', 'SPECS', 'STEPS', 'NeuronSpec', 'ParamSpec', 'get_spec', 'get_step', 'init_params', 'init_state', 'scan', 'sigmoid_inverse', 'softplus_inverse', 'halflife_to_decay', 'decay_to_halflife', 'timesteps_to_decay', 'decay_to_timesteps', 'sigmoid4x', 'Sigmoid', 'FastSigmoid', 'Atan', 'Triangle', 'Erf', 'SPIKE_FUNCTIONS', 'QUANTIZERS', 'round_st', 'bernoulli_st', 'probabilistic_st', 'bernoulli_from_noise', 'probabilistic_from_noise', 'li_step', 'dli_step', 'sli_step', 'dsli_step', 'lib_step', 'dlib_step', 'slib_step', 'rlib_step', 'dslib_step', 'drlib_step', 'srlib_step', 'dsrlib_step', 'lit_step', 'dlit_step', 'slit_step', 'rlit_step', 'dslit_step', 'drlit_step', 'srlit_step', 'dsrlit_step', 'lits_step', 'dlits_step', 'slits_step', 'rlits_step', 'dslits_step', 'drlits_step', 'srlits_step', 'dsrlits_step']
+__all__ = ['constraints', 'spikes', 'kernels', 'NAMES', 'SPECS', 'STEPS', 'NeuronSpec', 'ParamSpec', 'get_spec', 'get_step', 'init_params', 'init_state', 'scan', 'sigmoid_inverse', 'softplus_inverse', 'halflife_to_decay', 'decay_to_halflife', 'timesteps_to_decay', 'decay_to_timesteps', 'sigmoid4x', 'Sigmoid', 'FastSigmoid', 'Atan', 'Triangle', 'Erf', 'SPIKE_FUNCTIONS', 'QUANTIZERS', 'round_st', 'bernoulli_st', 'probabilistic_st', 'bernoulli_from_noise', 'probabilistic_from_noise', 'li_step', 'dli_step', 'sli_step', 'dsli_step', 'lib_step', 'dlib_step', 'slib_step', 'rlib_step', 'dslib_step', 'drlib_step', 'srlib_step', 'dsrlib_step', 'lit_step', 'dlit_step', 'slit_step', 'rlit_step', 'dslit_step', 'drlit_step', 'srlit_step', 'dsrlit_step', 'lits_step', 'dlits_step', 'slits_step', 'rlits_step', 'dslits_step', 'drlits_step', 'srlits_step', 'dsrlits_step']
 
 _Step = Callable[..., tuple[Tensor, Any]]
 
