@@ -109,7 +109,7 @@ def tt_atan(x):
     a = tl.abs(x)
     big = a > 2.414213562373095
     mid = a > 0.4142135623730950
-    z = tl.where(big, -1.0 / a, tl.where(mid, (a - 1.0) / (a + 1.0), a))
+    z = tl.where(big, -1.0 / tl.where(big, a, 1.0), tl.where(mid, (a - 1.0) / (a + 1.0), a))
     y0 = tl.where(big, 1.5707963267948966, tl.where(mid, 0.7853981633974483, 0.0))
     zz = z * z
     y = y0 + (((8.05374449538e-2 * zz - 1.38776856032e-1) * zz + 1.99777106478e-1) * zz - 3.33329491539e-1) * zz * z + z
@@ -197,7 +197,7 @@ def triton_source(tr: Traced, adj: Adjoint, quant: str, storage: str, interpret:
             "pid = tl.program_id(0).to(tl.int64)",
             "offs = pid * BLOCK + tl.arange(0, BLOCK)",
             "mask = offs < S",
-            "zero = tl.zeros([BLOCK], COMPUTE)",
+            "zero = tl.full([BLOCK], 0.0, COMPUTE)",
             "slo = seed_lo.to(tl.uint32)",
             "shi = seed_hi.to(tl.uint32)",
         ]
