@@ -314,8 +314,10 @@ def load(kernel: Any, dtype: torch.dtype) -> ModuleType:
 
 
 def _launch_args(xs: torch.Tensor, layout: list[int], seed: torch.Tensor) -> tuple[list[int], int, int]:
+    # the seed's halves, each offset by 2^32 so Triton always types them int64 (one compiled kernel
+    # for every seed, where 31-bit values would be int32); the kernel truncates them to uint32
     s = int(seed.item()) & 0xFFFFFFFFFFFFFFFF
-    return list(layout), s & 0xFFFFFFFF, s >> 32
+    return list(layout), (s & 0xFFFFFFFF) | 1 << 32, (s >> 32) | 1 << 32
 
 
 def _block(phase: str) -> int:
