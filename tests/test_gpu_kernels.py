@@ -185,6 +185,53 @@ def test_interpreted_more_elements_than_a_block(interpret):
     assert_same(loop, fused, torch.float32)
 
 
+def _nvidia_compiler():
+    try:
+        from triton.backends import backends
+
+        return "nvidia" in backends
+    except ImportError:  # pragma: no cover - older Triton
+        return False
+
+
+_PTR = {torch.float32: "*fp32", torch.float64: "*fp64", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+
+
+@pytest.mark.skipif(not _nvidia_compiler(), reason="Triton's NVIDIA backend (ptxas) is not installed")
+@pytest.mark.parametrize(
+    "name, quant, spike_fn, dtype",
+    [
+        ("LIB", "bernoulli", F.spikes.Sigmoid(4.0), torch.float32),
+        ("DSRLITS", "probabilistic", F.spikes.Atan(), torch.float64),
+        ("DRLIB", "round", F.spikes.Erf(), torch.bfloat16),
+        ("DSLI", "none", F.sigmoid4x, torch.float16),
+    ],
+)
+def test_kernels_compile_for_a_gpu_without_one(tmp_path, monkeypatch, name, quant, spike_fn, dtype):
+    """The real compiler (to a cubin for sm_90) accepts the generated kernels; no GPU needed."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRACETORCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    mod = gpu.load(ops.get_kernel(name, ops.spike_tag(spike_fn), quant), dtype)
+    for fn, const in ((mod.tt_forward, {"SAVE": True, "BLOCK": 256}), (mod.tt_backward, {"BLOCK": 128})):
+        sig = {}
+        for a in fn.arg_names:
+            if a in const:
+                sig[a] = "constexpr"
+            elif a in ("T", "S") or a[:1] == "n" or a[:2] == "in":
+                sig[a] = "i32"
+            else:
+                sig[a] = "i64" if a.startswith("seed") else _PTR[dtype]
+        src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+        out = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "enable_fp_fusion": False})
+        assert out.asm["cubin"]
+        if dtype == torch.float32 and type(spike_fn) is F.spikes.Sigmoid:  # no libdevice calls here
+            assert "fma.rn" not in out.asm["ptx"]  # enable_fp_fusion=False: no contracted multiply-adds
+
+
 # ---- on a CUDA device: the compiled kernels through scan(..., fast=True) -------------------------
 
 

@@ -207,10 +207,12 @@ def triton_source(tr: Traced, adj: Adjoint, quant: str, storage: str, interpret:
             lines.append(f"i{k} = tl.load(st{k} + offs, mask=mask, other=0).to(COMPUTE)")
         return [indent + ln for ln in lines]
 
+    # no specialization on the sizes, the layout or the seed: one compiled kernel per module and SAVE
+    nospec = ["T", "S", "seed_lo", "seed_hi", *(f"{c}{k}" for k in range(np_) for c in ("n", "in"))]
     args = ", ".join(["xs", "ys", *st, *fin, "saved", *prm, *lay, "T", "S", "seed_lo", "seed_hi"])
     fwd = forward_lines(tr, d, quant, lambda kind, k: {"x": "xt", "state": f"s{k}", "param": f"p{k}"}[kind])
     fw = [
-        '@triton.jit(do_not_specialize=["T", "S", "seed_lo", "seed_hi"])',
+        f"@triton.jit(do_not_specialize={nospec!r})",
         f"def tt_forward({args}, SAVE: tl.constexpr, BLOCK: tl.constexpr):",
         *setup("    "),
         *(f"    s{k} = i{k}" for k in range(ns)),
@@ -236,7 +238,7 @@ def triton_source(tr: Traced, adj: Adjoint, quant: str, storage: str, interpret:
     gprm = [f"gprm{k}" for k in range(np_)]
     bargs = ", ".join(["xs", *st, "saved", *prm, *lay, "T", "S", "seed_lo", "seed_hi", "gys", *gst, "gxs", *gin, *gprm])
     bw = [
-        '@triton.jit(do_not_specialize=["T", "S", "seed_lo", "seed_hi"])',
+        f"@triton.jit(do_not_specialize={nospec!r})",
         f"def tt_backward({bargs}, BLOCK: tl.constexpr):",
         *setup("    "),
         *(f"    a{k} = tl.load(gst{k} + offs, mask=mask, other=0).to(COMPUTE)" for k in range(ns)),
