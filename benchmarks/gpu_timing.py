@@ -20,22 +20,27 @@ import torch
 import tracetorch.functional as F
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _median_time(fn, rounds: int) -> float:
     fn()  # warm-up (compiles the kernel on the first call)
-    torch.cuda.synchronize()
+    _sync()
     times = []
     for _ in range(rounds):
-        torch.cuda.synchronize()
+        _sync()
         t0 = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def copy_bandwidth(nbytes: int = 1 << 30, rounds: int = 5) -> float:
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, rounds: int = 5) -> float:
     """Bytes per second of a device-to-device tensor copy (read + write counted)."""
-    a = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda")
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
     b = torch.empty_like(a)
     t = _median_time(lambda: b.copy_(a), rounds)
     return 2 * nbytes / t
@@ -49,9 +54,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--sizes", default="4096,65536")
     ap.add_argument("--loop-rounds", type=int, default=3, help="rounds of the (slow) plain loop")
+    ap.add_argument("--device", default="cuda", help="cpu: a dry run of the script (the C kernels)")
     args = ap.parse_args()
-    dev = torch.device("cuda")
-    bw = copy_bandwidth()
+    dev = torch.device(args.device)
+    bw = copy_bandwidth(dev, 1 << 30 if dev.type == "cuda" else 1 << 26)
     print(f"device copy bandwidth: {bw / 1e9:.0f} GB/s")
     spec, step = F.SPECS["LIB"], F.get_step("LIB")
     T, Bn = args.steps, args.batch
