@@ -11,7 +11,8 @@ Precision: float16/bfloat16 tensors are computed in float32 (load, upcast, compu
 store) and float64 in float64. The state is rounded to the storage dtype after every step, as the
 plain loop's state tensors are, so the saved states are exactly the states the forward carried and
 the backward recomputes the forward's spikes. Kernels launch with ``enable_fp_fusion=False``: no
-fused multiply-adds, so every add and multiply rounds as torch's do.
+fused multiply-adds, so every add and multiply rounds as torch's do (``exp``, ``atan`` and ``erf``
+are Triton's and libdevice's, within a few ulps of torch's).
 
 Random quantizers: the draws are the CPU kernels' counter-based hash of ``(seed, t*S + i, site)``
 (:func:`.ops.uniform_draws`), computed in 32-bit unsigned integers, so the GPU kernels fire on
