@@ -147,10 +147,12 @@ def warn_no_compiler(reason: str) -> None:
 
 def clear_cache() -> None:
     """Forget the kernels traced and loaded in this process (the disk cache stays)."""
-    from . import cpu
+    from . import cpu, gpu  # gpu imports Triton only inside the kernel modules it generates
 
     get_kernel.cache_clear()
     with cpu._LOCK:
         cpu._LOADED.clear()
         cpu._COMPILER.clear()
+    with gpu._LOCK:
+        gpu._LOADED.clear()
     _NO_COMPILER_WARNED.clear()
