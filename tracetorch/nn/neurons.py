@@ -105,18 +105,6 @@ class NeuronLayer(TTLayer):
         quant = resolve_quantizer(value, owner)
         self.__dict__.update(_quant_fn=value, _quant=quant)
 
-    #: Per-step calls through a one-step fused kernel (where the kernels apply) instead of the
-    #: op-by-op step. Off: measured slower per call at the sizes of an ordinary training loop.
-    per_step_kernel: bool = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One timestep: input shaped ``[..., num_neurons at dim, ...]`` -> output of the same shape."""
-        if self.per_step_kernel and isinstance(x, torch.Tensor):
-            from .sequence import scan_layer
-
-            return scan_layer(self, x.unsqueeze(0))[0]
-        return super().forward(x)
-
     def step(self, params: Any, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The functional core's step for this layer's spec, with its spike and quant functions."""
         return core._generic_step(self.spec, params, state, x, self.spike_fn, self._quant)

@@ -91,6 +91,28 @@ static inline real tt_exp(real x) {
 
 static inline real tt_sigmoid(real x) { return (real)1 / ((real)1 + tt_exp(-x)); }
 
+/* dst[j] = src[((i0 + j) / inner) % n] for j < w: a broadcast scalar, contiguous runs of a
+   per-neuron vector (inner == 1, the [B, N] layout), or a running index (neurons along another dim) */
+static inline void tt_fill(real* dst, const real* src, long n, long inner, long i0, int w) {
+    if (n == 1) {
+        for (int j = 0; j < w; j++) dst[j] = src[0];
+    } else if (inner == 1) {
+        long k = i0 % n;
+        for (int j = 0; j < w;) {
+            const int run = (int)(n - k < w - j ? n - k : w - j);
+            for (int u = 0; u < run; u++) dst[j + u] = src[k + u];
+            j += run;
+            k = 0;
+        }
+    } else {
+        long c = i0 % inner, k = (i0 / inner) % n;
+        for (int j = 0; j < w; j++) {
+            dst[j] = src[k];
+            if (++c == inner) { c = 0; if (++k == n) k = 0; }
+        }
+    }
+}
+
 static inline uint32_t tt_mix(uint32_t h) {
     h ^= h >> 16; h *= 0x7feb352dU; h ^= h >> 15; h *= 0x846ca68bU; h ^= h >> 16;
     return h;
@@ -158,15 +180,8 @@ def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
             "const int w = (int)(S - i0 < TT_BLOCK ? S - i0 : TT_BLOCK);",
         ]
         for k in range(np_):
-            # element i reads prm[k][(i / inner) % n]: one division per block, then a running index
             lines.append(f"real p{k}[TT_BLOCK];")
-            lines.append("{")
-            lines.append(f"    long c = i0 % pin[{k}], n = (i0 / pin[{k}]) % pn[{k}];")
-            lines.append("    for (int j = 0; j < w; j++) {")
-            lines.append(f"        p{k}[j] = prm[{k}][n];")
-            lines.append(f"        if (++c == pin[{k}]) {{ c = 0; if (++n == pn[{k}]) n = 0; }}")
-            lines.append("    }")
-            lines.append("}")
+            lines.append(f"tt_fill(p{k}, prm[{k}], pn[{k}], pin[{k}], i0, w);")
         for k in range(ns):  # forward: the state; backward: the adjoint of the state, from the final one's
             lines.append(f"real s{k}[TT_BLOCK];")
             lines.append(f"for (int j = 0; j < w; j++) s{k}[j] = {'gstT' if grad else 'st0'}[{k}][i0 + j];")
