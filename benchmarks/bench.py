@@ -321,7 +321,7 @@ def w2_variants(T: int, B: int, N: int, tt015, forward_only: bool) -> dict[str, 
             ys = fn()
             if forward_only:
                 return
-            (ys * wgt).sum().backward()
+            ys.backward(wgt)  # the weighted-sum loss (ys * wgt).sum(), its gradient wgt fed in directly
 
         if forward_only:
 

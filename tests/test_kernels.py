@@ -19,7 +19,7 @@ from torch import nn
 import tracetorch as tt
 import tracetorch.functional as F
 from tracetorch.functional import kernels
-from tracetorch.functional.kernels import ops
+from tracetorch.functional.kernels import cpu, ops
 from tracetorch.functional.kernels.ops import uniform_draws
 
 NAMES = list(F.NAMES)
@@ -114,6 +114,108 @@ def test_kernel_random_quantizers_equal_plain_loop_on_the_same_draws(name, quant
     draws = uniform_draws(seed, T, B * N, sites)
     loop = run(name, params, state, xs, w, quant_fn=noisy_quant(quant, draws), fast=False)
     assert_same(loop, fused, dtype)
+
+
+#: one type per state count (1, 2, 3, 4, 5, 7 states): the chunk length depends on it
+BY_STATE_COUNT = ["LIB", "DLIT", "RLIB", "DSLITS", "DRLIT", "DSRLITS"]
+
+
+def chunk_lengths(name, dtype):
+    K = cpu.chunk_steps(len(F.SPECS[name].state_names), ops._DTYPES[dtype])
+    return sorted({1, K - 1, K, K + 1, 2 * K, 3 * K + 1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", BY_STATE_COUNT)
+def test_backward_across_checkpoint_chunks(name, dtype, kernel_path):
+    """The backward recomputes each chunk from its checkpoint: every T around the chunk edges."""
+    for steps in chunk_lengths(name, dtype):
+        _, params, state, xs, w = make(name, 1, dtype, seed=steps, steps=steps)
+        loop = run(name, params, state, xs, w, quant_fn="round", fast=False)
+        fused = run(name, params, state, xs, w, quant_fn="round", fast=True)
+        assert_same(loop, fused, dtype)
+
+
+@pytest.mark.parametrize("quant", ["bernoulli", "probabilistic"])
+def test_backward_across_chunks_recomputes_the_same_draws(quant):
+    name, dtype = "DSLITS", torch.float64
+    steps = max(chunk_lengths(name, dtype))
+    spec, params, state, xs, w = make(name, 1, dtype, seed=2, steps=steps)
+    torch.manual_seed(5)
+    fused = run(name, params, state, xs, w, quant_fn=quant, fast=True)
+    torch.manual_seed(5)
+    seed = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
+    loop = run(
+        name, params, state, xs, w, quant_fn=noisy_quant(quant, uniform_draws(seed, steps, B * N, 2)), fast=False
+    )
+    assert_same(loop, fused, dtype)
+
+
+def test_forward_keeps_only_the_checkpoints():
+    """What the CPU forward keeps for the backward: ``(T - 1) // K`` states per state variable, not T."""
+    spec = F.SPECS["DLIB"]
+    _, params, state, xs, _ = make("DLIB", 1, torch.float32, steps=50)
+    K = cpu.chunk_steps(2, "float")
+    flat = [p.detach().reshape(-1).expand(B, N).reshape(-1).contiguous() for p in params]
+    layout = [B * N, 1] * len(flat)
+    st = [s.detach().reshape(-1) for s in state]
+    seed = torch.zeros((), dtype=torch.int64)
+    tag = kernels.spike_tag(F.sigmoid4x)
+    _, final, saved = ops.neuron_scan(
+        xs.detach().reshape(50, -1), st, flat, spec.name, tag, "round", layout, seed, True
+    )
+    assert saved.shape == (2, 49 // K, B * N)
+    # the checkpoints are the plain loop's states entering steps K, 2K, ...
+    states = [spec.State(*state)]
+    for t in range(49):
+        states.append(F.get_step("DLIB")(params, states[-1], xs[t], quant_fn="round")[1])
+    for c in range(49 // K):
+        for k in range(2):
+            torch.testing.assert_close(saved[k, c], states[(c + 1) * K][k].detach().reshape(-1), **TOL[torch.float32])
+    _, _, nothing = ops.neuron_scan(xs.detach().reshape(50, -1), st, flat, spec.name, tag, "round", layout, seed, False)
+    assert nothing.shape == (0,)
+
+
+@pytest.mark.parametrize("real", ["float", "double"])
+def test_round_spike_of_sigmoid_is_a_comparison_with_the_edge(real):
+    """The kernels spell round(sigmoid(a)) as ``a >= edge``: equal to rounding their own sigmoid for
+    every a tried: the floats around the edge, signed zeros, tiny and large values, inf and NaN."""
+    import ctypes
+
+    import numpy as np
+
+    lib = ops.get_kernel("LIB", kernels.spike_tag(F.sigmoid4x), "round").lib(real)
+    c_real = ctypes.c_float if real == "float" else ctypes.c_double
+    for name in ("tt_edge_value", "tt_round_sigmoid_direct", "tt_round_sigmoid_edge"):
+        getattr(lib, name).restype = c_real
+    lib.tt_round_sigmoid_direct.argtypes = lib.tt_round_sigmoid_edge.argtypes = [c_real]
+    np_real, np_bits = (np.float32, np.uint32) if real == "float" else (np.float64, np.uint64)
+    edge = np_real(lib.tt_edge_value())
+    assert 0 < edge < 1e-6
+    around = (np.array([edge], np_real).view(np_bits) + np.arange(-2000, 2001).astype(np_bits)).view(np_real)
+    g = np.random.default_rng(0)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-30, -1e-30, 0.5, 1.0, 88.0, -88.0, 1e30, -1e30]
+    values = np.concatenate([around, np.array(special, np_real), g.normal(0, 10, 5000).astype(np_real)])
+    for a in values:
+        direct, fast = lib.tt_round_sigmoid_direct(a), lib.tt_round_sigmoid_edge(a)
+        assert (direct == fast) or (direct != direct and fast != fast), (a, direct, fast)
+
+
+def test_no_grad_keeps_nothing_for_a_backward(monkeypatch, kernel_path):
+    """Under no_grad the forward saves no checkpoints, even when the input requires grad."""
+    seen = []
+    real_forward = ops.scan_forward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real_forward(*args)
+
+    monkeypatch.setattr(ops, "scan_forward", spy)
+    _, params, state, xs, _ = make("LIB", 1, torch.float32, steps=20)
+    with torch.no_grad():
+        F.scan(F.lib_step, params, state, xs, quant_fn="round", fast=True)
+    F.scan(F.lib_step, params, state, xs, quant_fn="round", fast=True)
+    assert seen == [False, True]
 
 
 def test_random_quantizer_reproducible_with_manual_seed_and_fair():

@@ -509,7 +509,9 @@ def _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every) -> Any
         return _per_step(model, seq) if steps is None else _run_plan(steps, seq, fast, chunk)
 
     outs = []
-    for i, segment in enumerate(xs.split(detach_every or xs.shape[0])):
+    # one segment is xs itself: a split's backward would copy the whole input gradient once more
+    segments = xs.split(detach_every) if detach_every and detach_every < xs.shape[0] else [xs]
+    for i, segment in enumerate(segments):
         if i:
             for layer in layers:
                 layer.detach_states()

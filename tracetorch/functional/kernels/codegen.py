@@ -26,6 +26,9 @@ class Dialect:
     quant: Callable[[str, str, int], str]  # (quantizer name, probability, site) -> spike
     declare: Callable[[str, str, bool], str]  # (name, expression, boolean?) -> one statement
     logical: dict[str, str]  # "and" / "or" / "not" spellings
+    # "round" of sigmoid(a), spelled from a alone, equal to rounding the backend's own sigmoid for
+    # every a (a comparison with the sigmoid's edge); None: round the sigmoid
+    round_sigmoid: Callable[[str], str] | None = None
 
 
 _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -55,12 +58,15 @@ def _node_expr(d: Dialect, op: str, a: list[str], attr, quant: str) -> str:
 
 def forward_lines(tr: Traced, d: Dialect, quant: str, leaf: Callable[[str, int], str]) -> list[str]:
     """Assignments ``v<n> = ...`` for every node; ``leaf(kind, k)`` spells the inputs (x, state k, param k)."""
-    out = []
-    for n, node in enumerate(tr.graph.nodes):
+    out, nodes = [], tr.graph.nodes
+    for n, node in enumerate(nodes):
         if node.op in ("x", "state", "param"):
             expr = leaf(node.op, node.attr or 0)
         elif node.op == "const":
             expr = d.const(node.attr)
+        elif node.op == "quant" and quant == "round" and d.round_sigmoid and nodes[node.args[0]].op == "sigmoid":
+            # the spike needs no sigmoid (which the compiler then drops where no gradient reads it)
+            expr = d.round_sigmoid(f"v{nodes[node.args[0]].args[0]}")
         else:
             expr = _node_expr(d, node.op, [f"v{i}" for i in node.args], node.attr, quant)
         out.append(d.declare(f"v{n}", expr, node.op in BOOLEAN))

@@ -6,8 +6,10 @@ arguments, so one schema serves all 28 and ``torch.compile`` sees one opaque cal
 * ``tracetorch::neuron_scan(xs [T, S], state [S]..., params [n_p]..., ...) -> (ys, final state, saved)``
 * ``tracetorch::neuron_scan_backward(...) -> (grad xs, grad initial state, grad params per element)``
 
-``saved`` is ``[n_state, T, S]``: the state after every step, kept for the backward (empty when no
-gradient is needed). The backward op is itself differentiable only into a clear error: a second
+``saved`` is what the forward keeps for the backward (``[0]`` when no gradient is needed): on the
+CPU ``[n_state, C, S]``, the states entering steps ``K, 2K, ...`` (checkpoints; the backward
+recomputes the steps between them, see :func:`cpu.chunk_steps`), on CUDA ``[n_state, T, S]``, the
+state after every step. The backward op is itself differentiable only into a clear error: a second
 derivative through the kernels (a gradient penalty, say) raises and says to use ``fast=False``.
 """
 
@@ -123,6 +125,15 @@ def uniform_draws(seed: int, T: int, S: int, sites: int, dtype: torch.dtype = to
 # ---- the two kernels, as plain functions on tensors --------------------------------------------
 
 
+def _new_saved(xs: torch.Tensor, n_state: int, save: bool) -> torch.Tensor:
+    """The forward's buffer for the backward: see the module docstring."""
+    if not save:
+        return xs.new_empty((0,))
+    T, S = xs.shape
+    steps = T if xs.device.type == "cuda" else cpu.saved_steps(T, n_state, _DTYPES.get(xs.dtype, "float"))
+    return xs.new_empty((n_state, steps, S))
+
+
 def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save):
     """Forward kernel: see :func:`neuron_scan` (whose body this is)."""
     xs = xs.contiguous()
@@ -131,7 +142,7 @@ def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save):
     T, S = xs.shape
     ys = torch.empty_like(xs)
     final = [torch.empty_like(s) for s in state]
-    saved = xs.new_empty((len(state), T, S) if save else (0,))
+    saved = _new_saved(xs, len(state), save)
     if xs.device.type == "cuda":
         from . import gpu
 
@@ -139,6 +150,8 @@ def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save):
         return ys, final, saved
     real = _DTYPES[xs.dtype]
     lib = get_kernel(kind, spike, quant).lib(real)
+    for out in (ys, saved):
+        cpu.advise_huge_pages(out.data_ptr(), out.numel() * out.element_size())
     lib.tt_forward(
         T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
         _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), cpu.threads_for(T, S, real),
@@ -166,6 +179,7 @@ def scan_backward(xs, state, params, kind, spike, quant, layout, seed, saved, gr
         return gxs, gstate, gparams
     real = _DTYPES[xs.dtype]
     lib = get_kernel(kind, spike, quant).lib(real)
+    cpu.advise_huge_pages(gxs.data_ptr(), gxs.numel() * gxs.element_size())
     lib.tt_backward(
         T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
         _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
@@ -202,16 +216,14 @@ def neuron_scan(
 
     ``params[k]`` is ``[n_k]``, read at element ``i`` as ``params[k][(i // inner_k) % n_k]`` with
     ``layout = [n_0, inner_0, n_1, inner_1, ...]``. ``seed`` (an int64 scalar tensor) keys the
-    random quantizers' draws. Returns ``(ys [T, S], final state [S]..., saved [n_state, T, S] or [0])``.
+    random quantizers' draws. Returns ``(ys [T, S], final state [S]..., saved)`` (see the module docstring).
     """
     return scan_forward(xs, state, params, kind, spike, quant, layout, seed, save)
 
 
 @neuron_scan.register_fake
 def _(xs, state, params, kind, spike, quant, layout, seed, save):
-    T, S = xs.shape
-    saved = xs.new_empty((len(state), T, S) if save else (0,))
-    return torch.empty_like(xs), [torch.empty_like(s) for s in state], saved
+    return torch.empty_like(xs), [torch.empty_like(s) for s in state], _new_saved(xs, len(state), save)
 
 
 @torch.library.custom_op("tracetorch::neuron_scan_backward", mutates_args=())
@@ -249,7 +261,7 @@ def _backward(ctx, grad_ys, grad_final, _grad_saved):
     kind, spike, quant, layout, ns, np_ = ctx.meta
     xs, seed, saved, *rest = ctx.saved_tensors
     state, params = rest[:ns], rest[ns:]
-    if saved.numel() == 0:
+    if saved.dim() != 3:
         raise RuntimeError(
             "tracetorch kernels: the forward ran without saving its states (no input required grad "
             "then); run it again with gradients enabled"
@@ -321,9 +333,8 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, meta, xs, *flat):
-        kind, spike, quant, layout, ns, seed = meta
+        kind, spike, quant, layout, ns, seed, save = meta
         state, params = list(flat[:ns]), list(flat[ns:])
-        save = any(ctx.needs_input_grad[1:])
         ys, final, saved = scan_forward(xs, state, params, kind, spike, quant, layout, seed, save)
         ctx.meta = meta
         ctx.save_for_backward(xs, saved, *state, *params)
@@ -331,7 +342,7 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_ys, *grad_final):
-        kind, spike, quant, layout, ns, seed = ctx.meta
+        kind, spike, quant, layout, ns, seed, _ = ctx.meta
         xs, saved, *rest = ctx.saved_tensors
         state, params = rest[:ns], rest[ns:]
         grad_ys = torch.zeros_like(xs) if grad_ys is None else grad_ys
@@ -388,12 +399,12 @@ def kernel_scan(
     else:
         seed = torch.zeros((), dtype=torch.int64)
     flat_state = [s.reshape(S) for s in state]
+    # under no_grad nothing is kept for a backward (autograd.Function's needs_input_grad ignores the mode)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in [*flat_params, *state, xs])
     if EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling():
-        meta = (spec.name, spike, quant, layout, len(flat_state), seed)
+        meta = (spec.name, spike, quant, layout, len(flat_state), seed, save)
         ys, *final = _EagerScan.apply(meta, xs.reshape(T, S), *flat_state, *flat_params)
     else:
-        tensors = [*flat_params, *state, xs]
-        save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         ys, final, _ = neuron_scan(
             xs.reshape(T, S), flat_state, flat_params, spec.name, spike, quant, layout, seed, save
         )
