@@ -9,8 +9,8 @@ Workloads (issue 6):
 
 Every variant runs once per round, rounds interleaved, after warm-up; the table gives the median
 with min-max, the paired ratio (median over rounds of variant / reference in the same round) and
-the peak memory of one step (peak RSS above the RSS before it, in a separate pass with malloc set
-to return freed memory at once). The floors are measured on this machine: the GEMMs alone on
+the peak memory of one step (peak RSS above the RSS before it, in a separate pass after all the
+timing, with malloc set to return freed memory at once). The floors are measured on this machine: the GEMMs alone on
 T*B rows, and the neuron traffic (bytes per neuron-step) at the memory bandwidth of a large copy.
 
 Run ``python benchmarks/bench.py`` (full) or ``--quick`` (small sizes, three rounds). See README.md.
@@ -65,7 +65,8 @@ sigmoid(4v) surrogate where the library has one, deterministic Heaviside spikes)
 
 
 def set_malloc(mode: str) -> None:
-    """``tuned``: keep freed memory in the heap (no page faults on reuse); ``eager``: return it at once."""
+    """``tuned``: keep freed memory in the heap (no page faults on reuse); ``eager``: return it at once;
+    ``default``: leave glibc as it starts."""
     if LIBC is None:
         return
     if mode == "tuned":
@@ -447,6 +448,9 @@ def measure(variants: dict[str, Callable[[], None]], rounds: int, reference: str
 
 
 def memory(variants: dict[str, Callable[[], None]]) -> dict[str, float]:
+    """Peak MB of one step of each variant, with glibc returning freed memory at once. That setting
+    lasts for the rest of the process (mallopt turns glibc's adaptive thresholds off for good), so
+    main() takes every memory pass after all the timing."""
     set_malloc("eager")
     try:
         return {k: peak_mb(fn) for k, fn in variants.items()}
@@ -493,32 +497,38 @@ def main() -> None:
     sizes = [s for s, key in zip(sizes, ("w1s", "w1l")) if key in ARGS.workloads]
     if ARGS.quick:
         sizes = [("W1 (quick: T=20, B=16, H=256)", 20, 16, 256)]
+    # every workload is timed first, under the malloc settings asked for; the memory passes (which
+    # switch glibc to returning memory at once, a setting that cannot be undone) come after them all
+    timed: list[tuple[str, dict, dict, float, Callable[[dict, dict], None]]] = []
     for title, T, B, H in sizes:
         variants, info = w1_variants(T, B, H, tt015)
         t_compile = first_call(variants[ref])
         res = measure(variants, ARGS.rounds, ref)
-        mem = memory(variants)
         neuron_ms = 24 * info["neuron_steps"] / (bw * 1e9) * 1e3
         floor = res["floor: GEMMs only"]["median"] + neuron_ms
-        sj = "SpikingJelly LIFNode, multi-step"
-        text = table(f"{title}: training step (T={T}, B={B}, H={H})", res, mem, floor, "kernels")
-        text += f"\n\nfirst call of the kernel path (build included): {t_compile:.2f} s; neuron traffic {neuron_ms:.1f} ms"
-        print(text + "\n", flush=True)
-        out += [text, ""]
-        charts.append((title, res, floor))
-        if sj in res:
-            goals.append(
-                f"{title}: kernels / SpikingJelly = {res[ref]['median'] / res[sj]['median']:.2f}; "
-                f"kernels / floor = {res[ref]['median'] / floor:.2f}{' (goal <= 1.1)' if T == 50 else ''}; "
-                f"peak memory kernels / SpikingJelly = {mem[ref] / mem[sj]:.2f}"
-            )
-        t15 = "traceTorch 0.15 LIB, per step"
-        if t15 in res:
-            ps = res["tracetorch per-step (object API)"]
-            goals.append(
-                f"{title}: traceTorch 0.15 per step / per-step object API = {res[t15]['ratio'] / ps['ratio']:.2f} "
-                "(goal >= 1.5)"
-            )
+
+        def report_w1(res, mem, title=title, T=T, B=B, H=H, floor=floor, t_compile=t_compile, neuron_ms=neuron_ms):
+            sj = "SpikingJelly LIFNode, multi-step"
+            text = table(f"{title}: training step (T={T}, B={B}, H={H})", res, mem, floor, "kernels")
+            text += f"\n\nfirst call of the kernel path (build included): {t_compile:.2f} s; neuron traffic {neuron_ms:.1f} ms"
+            print(text + "\n", flush=True)
+            out.extend([text, ""])
+            charts.append((title, res, floor))
+            if sj in res:
+                goals.append(
+                    f"{title}: kernels / SpikingJelly = {res[ref]['median'] / res[sj]['median']:.2f}; "
+                    f"kernels / floor = {res[ref]['median'] / floor:.2f}{' (goal <= 1.1)' if T == 50 else ''}; "
+                    f"peak memory kernels / SpikingJelly = {mem[ref] / mem[sj]:.2f}"
+                )
+            t15 = "traceTorch 0.15 LIB, per step"
+            if t15 in res:
+                ps = res["tracetorch per-step (object API)"]
+                goals.append(
+                    f"{title}: traceTorch 0.15 per step / per-step object API = {res[t15]['ratio'] / ps['ratio']:.2f} "
+                    "(goal >= 1.5)"
+                )
+
+        timed.append((title, variants, res, floor, report_w1))
     T, B, N = (20, 16, 1024) if ARGS.quick else (100, 64, 4096)
     for forward_only in (False, True):
         if "w2" not in ARGS.workloads and not ARGS.quick:
@@ -526,24 +536,29 @@ def main() -> None:
         variants = w2_variants(T, B, N, tt015, forward_only)
         t_compile = first_call(variants[ref])
         res = measure(variants, ARGS.rounds, ref)
-        mem = memory(variants)
         floor = (8 if forward_only else 24) * T * B * N / (bw * 1e9) * 1e3
-        what = "forward only (no_grad)" if forward_only else "forward + backward"
-        text = table(f"W2: one LIF layer, {what} (T={T}, B={B}, N={N})", res, mem, floor, "kernels")
-        text = text.replace(
-            "floor (GEMMs + neuron traffic at bandwidth)",
-            f"floor ({8 if forward_only else 24} B per neuron-step at bandwidth)",
-        )
-        text += f"\n\nfirst call of the kernel path (build included): {t_compile:.2f} s"
-        print(text + "\n", flush=True)
-        out += [text, ""]
-        sj = "SpikingJelly LIFNode, multi-step"
-        vs_sj = f"kernels / SpikingJelly = {res[ref]['median'] / res[sj]['median']:.2f}" if sj in res else ""
-        goals.append(
-            f"W2 {what}: {vs_sj}{' (goal <= 0.1)' if not forward_only and vs_sj else ''}; "
-            f"kernels / floor = {res[ref]['median'] / floor:.2f} (goal <= {'2' if forward_only else '2.5'})"
-        )
-        charts.append((f"W2 {what}", res, floor))
+
+        def report_w2(res, mem, forward_only=forward_only, floor=floor, t_compile=t_compile):
+            what = "forward only (no_grad)" if forward_only else "forward + backward"
+            text = table(f"W2: one LIF layer, {what} (T={T}, B={B}, N={N})", res, mem, floor, "kernels")
+            text = text.replace(
+                "floor (GEMMs + neuron traffic at bandwidth)",
+                f"floor ({8 if forward_only else 24} B per neuron-step at bandwidth)",
+            )
+            text += f"\n\nfirst call of the kernel path (build included): {t_compile:.2f} s"
+            print(text + "\n", flush=True)
+            out.extend([text, ""])
+            sj = "SpikingJelly LIFNode, multi-step"
+            vs_sj = f"kernels / SpikingJelly = {res[ref]['median'] / res[sj]['median']:.2f}" if sj in res else ""
+            goals.append(
+                f"W2 {what}: {vs_sj}{' (goal <= 0.1)' if not forward_only and vs_sj else ''}; "
+                f"kernels / floor = {res[ref]['median'] / floor:.2f} (goal <= {'2' if forward_only else '2.5'})"
+            )
+            charts.append((f"W2 {what}", res, floor))
+
+        timed.append(("W2", variants, res, floor, report_w2))
+    for _, variants, res, _, report in timed:
+        report(res, memory(variants))
     if "cold" in ARGS.workloads or ARGS.quick:
         text, goal = cold_start_table()
         print(text + "\n", flush=True)
