@@ -498,3 +498,117 @@ def test_tracetorch_fast_0_makes_fast_none_run_the_plain_loop(tmp_path):
     )
     env = {**os.environ, "TRACETORCH_FAST": "0", "TRACETORCH_CACHE_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ---- the object API's per-step calls through the one-step kernel ----------------------------------
+
+
+def _per_step(layer, xs, w):
+    layer.zero_states()
+    ys = torch.stack([layer(x) for x in xs.unbind(0)])
+    final = [getattr(layer, n) for n in layer.state_names]
+    loss = (ys * w).sum() + sum(((i + 1) * s * s).sum() for i, s in enumerate(final))
+    grads = torch.autograd.grad(loss, [*layer.parameters(), xs])
+    return ys.detach(), [s.detach() for s in final], grads
+
+
+def _count_kernel_calls(monkeypatch):
+    calls = []
+    real = ops.kernel_scan
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ops, "kernel_scan", spy)
+    monkeypatch.setattr(kernels, "kernel_scan", spy)
+    return calls
+
+
+def _layer_pair(name, dtype, seed=0, **kw):
+    spec = F.SPECS[name]
+    if spec.fires:
+        kw.setdefault("quant_fn", "round")
+    torch.manual_seed(seed)
+    layer = getattr(tt.nn, name)(N, **kw).to(dtype)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ref = getattr(tt.nn, name)(N, **kw).to(dtype)
+    ref.load_state_dict(layer.state_dict())
+    return layer, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", NAMES)
+def test_per_step_kernel_equals_the_op_by_op_step(name, dtype, monkeypatch):
+    """Per-step calls through the one-step kernel: outputs, states and every gradient, each type."""
+    layer, ref = _layer_pair(name, dtype)
+    g = torch.Generator().manual_seed(1)
+    xs = (1.5 * torch.randn(T, B, N, generator=g, dtype=dtype)).requires_grad_(True)
+    w = torch.randn(T, B, N, generator=g, dtype=dtype)
+    monkeypatch.setattr(kernels.config, "auto", False)
+    plain = _per_step(ref, xs, w)
+    monkeypatch.setattr(kernels.config, "auto", True)
+    monkeypatch.setattr(kernels.config, "step_min_elements", 0)
+    calls = _count_kernel_calls(monkeypatch)
+    fused = _per_step(layer, xs, w)
+    assert len(calls) == T
+    assert_same(plain, fused, dtype)
+    torch.testing.assert_close(plain[0], fused[0], rtol=0, atol=0)  # every spike the same
+
+
+@pytest.mark.parametrize("name", ["DSRLITS", "SLIB"])
+def test_per_step_kernel_with_neurons_along_another_dim(name, monkeypatch):
+    """``dim=1`` on ``[B, N, L]`` steps, per-neuron params broadcast along the trailing dim."""
+    layer, ref = _layer_pair(name, torch.float64, dim=1)
+    xs = torch.randn(T, 2, N, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(T, 2, N, 3, dtype=torch.float64)
+    monkeypatch.setattr(kernels.config, "auto", False)
+    plain = _per_step(ref, xs, w)
+    monkeypatch.setattr(kernels.config, "auto", True)
+    monkeypatch.setattr(kernels.config, "step_min_elements", 0)
+    calls = _count_kernel_calls(monkeypatch)
+    assert_same(plain, _per_step(layer, xs, w), torch.float64)
+    assert len(calls) == T
+
+
+def test_per_step_kernel_is_taken_only_where_it_measured_faster(monkeypatch):
+    calls = _count_kernel_calls(monkeypatch)
+    small, big = tt.nn.LIB(N, quant_fn="round"), tt.nn.LIB(512, quant_fn="round")
+    small(torch.randn(B, N))  # 15 elements: the op-by-op step
+    assert calls == []
+    big(torch.randn(kernels.config.step_min_elements // 512, 512))
+    assert len(calls) == 1
+    monkeypatch.setattr(kernels.config, "auto", False)  # TRACETORCH_FAST=0 at import
+    big(torch.randn(kernels.config.step_min_elements // 512, 512))
+    assert len(calls) == 1
+
+
+def test_per_step_kernel_declines_what_it_cannot_run(monkeypatch):
+    """A custom spike function, a subclass's own step and torch.compile take the op-by-op step."""
+    monkeypatch.setattr(kernels.config, "step_min_elements", 0)
+    calls = _count_kernel_calls(monkeypatch)
+    x = torch.randn(B, N)
+    tt.nn.LIB(N, spike_fn=lambda v: torch.sigmoid(3 * v), quant_fn="round")(x)
+    tt.nn.LIB(N, quant_fn=lambda p: (p > 0.5).to(p.dtype))(x)
+
+    class Mine(tt.nn.LIB):
+        def step(self, params, state, x):
+            return super().step(params, state, x)
+
+    Mine(N, quant_fn="round")(x)
+    compiled = torch.compile(tt.nn.LIB(N, quant_fn="round"), fullgraph=True, backend="eager")
+    compiled(x)
+    assert calls == []
+    tt.nn.LIB(N, quant_fn="round")(x)
+    assert len(calls) == 1
+
+
+def test_per_step_kernel_double_backward_says_how_to_get_the_plain_step(monkeypatch):
+    monkeypatch.setattr(kernels.config, "step_min_elements", 0)
+    layer = tt.nn.LIB(N, quant_fn="round")
+    x = torch.randn(B, N, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x).sum() + layer(x).sum(), x, create_graph=True)
+    with pytest.raises(kernels.DoubleBackwardError, match="config.auto = False"):
+        gx.pow(2).sum().backward()

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..functional import kernels
 from ..functional import neurons as core
 from ..functional.spikes import resolve_quantizer, sigmoid4x
 from .layer import TTLayer
@@ -108,6 +109,49 @@ class NeuronLayer(TTLayer):
     def step(self, params: Any, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The functional core's step for this layer's spec, with its spike and quant functions."""
         return core._generic_step(self.spec, params, state, x, self.spike_fn, self._quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One timestep: input shaped ``[..., num_neurons at dim, ...]`` -> output of the same shape.
+
+        On the CPU the built-in types run one fused kernel call per step where that measured
+        faster than the op-by-op step (``tracetorch.functional.kernels.config``); the same
+        results, and for the random quantizers the same distribution, drawn as the kernels draw.
+        """
+        if self._takes_step_kernel(x):
+            y = self._kernel_step(x)
+            if y is not None:
+                return y
+        return super().forward(x)
+
+    def _takes_step_kernel(self, x: Any) -> bool:
+        if not kernels.config.auto or type(self).step is not NeuronLayer.step:
+            return False
+        if type(x) is not torch.Tensor or x.device.type != "cpu" or torch.compiler.is_compiling():
+            return False  # under torch.compile the op-by-op step is what inductor fuses
+        return x.numel() >= kernels.config.step_min_elements and not torch._C._are_functorch_transforms_active()
+
+    def _kernel_step(self, x: torch.Tensor) -> torch.Tensor | None:
+        """One step through the fused kernel, or ``None`` where it cannot run (the plain step then runs)."""
+        x = self._prepare_input(x)
+        params = self.activated_params()
+        trailing = x.dim() - 1 - self.dim % x.dim()
+        if trailing:  # the kernel broadcasts [N] params along `dim`, as in sequence mode
+            params = type(params)(*(p.reshape(*p.shape, *(1,) * trailing) if p.dim() == 1 else p for p in params))
+        state = self.spec.State(*(self.__dict__[n] for n in self._state_names))
+        quant = self.quant_fn if isinstance(self.quant_fn, str) else self._quant
+        xs = x.unsqueeze(0)
+        if kernels.kernel_reason(self.spec, params, state, xs, self.spike_fn, quant) is not None:
+            return None
+        try:
+            ys, new = kernels.kernel_scan(
+                self.spec, kernels.spike_tag(self.spike_fn) or "", kernels.quant_tag(self.spec, quant), params, state, xs
+            )
+        except kernels.BuildError as err:
+            kernels.warn_no_compiler(str(err).splitlines()[0])
+            return None
+        for n, t in zip(self._state_names, new):
+            object.__setattr__(self, n, t)
+        return ys[0]
 
     def extra_repr(self) -> str:
         out = super().extra_repr()

@@ -284,8 +284,10 @@ class DoubleBackwardError(RuntimeError):
 def _no_double_backward(ctx, *grads):
     raise DoubleBackwardError(
         "tracetorch kernels are first order: a second derivative (double backward, e.g. a gradient "
-        "penalty) cannot go through the fused kernel path; pass fast=False (or set TRACETORCH_FAST=0) "
-        "to run the plain step loop, which torch's autograd differentiates to any order"
+        "penalty) cannot go through the fused kernel path; pass fast=False to scan/run (for per-step "
+        "calls of large layers, set tracetorch.functional.kernels.config.auto = False, or "
+        "TRACETORCH_FAST=0 for every path) to run the plain step, which torch's autograd "
+        "differentiates to any order"
     )
 
 
