@@ -110,6 +110,18 @@ class NeuronLayer(TTLayer):
         """The functional core's step for this layer's spec, with its spike and quant functions."""
         return core._generic_step(self.spec, params, state, x, self.spike_fn, self._quant)
 
+    def _layout_params(self, x: torch.Tensor) -> Any:
+        """The activated params shaped to broadcast against one step ``x`` in the input layout.
+
+        The step is elementwise, so instead of moving ``dim`` last, ``[N]`` params get a trailing
+        1 per dimension after ``dim`` (``[N, 1, 1]`` for ``dim=1`` on ``[B, N, H, W]``).
+        """
+        params = self.activated_params()
+        trailing = x.dim() - 1 - self.dim % x.dim()
+        if not trailing:
+            return params
+        return type(params)(*(p.reshape(*p.shape, *(1,) * trailing) if p.dim() == 1 else p for p in params))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One timestep: input shaped ``[..., num_neurons at dim, ...]`` -> output of the same shape.
 
@@ -133,19 +145,15 @@ class NeuronLayer(TTLayer):
     def _kernel_step(self, x: torch.Tensor) -> torch.Tensor | None:
         """One step through the fused kernel, or ``None`` where it cannot run (the plain step then runs)."""
         x = self._prepare_input(x)
-        params = self.activated_params()
-        trailing = x.dim() - 1 - self.dim % x.dim()
-        if trailing:  # the kernel broadcasts [N] params along `dim`, as in sequence mode
-            params = type(params)(*(p.reshape(*p.shape, *(1,) * trailing) if p.dim() == 1 else p for p in params))
+        params = self._layout_params(x)
         state = self.spec.State(*(self.__dict__[n] for n in self._state_names))
         quant = self.quant_fn if isinstance(self.quant_fn, str) else self._quant
         xs = x.unsqueeze(0)
         if kernels.kernel_reason(self.spec, params, state, xs, self.spike_fn, quant) is not None:
             return None
+        spike, quant_name = kernels.spike_tag(self.spike_fn) or "", kernels.quant_tag(self.spec, quant)
         try:
-            ys, new = kernels.kernel_scan(
-                self.spec, kernels.spike_tag(self.spike_fn) or "", kernels.quant_tag(self.spec, quant), params, state, xs
-            )
+            ys, new = kernels.kernel_scan(self.spec, spike, quant_name, params, state, xs)
         except kernels.BuildError as err:
             kernels.warn_no_compiler(str(err).splitlines()[0])
             return None

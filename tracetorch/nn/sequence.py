@@ -326,20 +326,16 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
     check_fast(f"scan_layer({type(layer).__name__})", fast)
     xs = layer._prepare_input(xs, sequence=True)
     x0 = xs[0]
-    params = layer.activated_params()
     state = layer.state
     if isinstance(layer, NeuronLayer) and type(layer).step is NeuronLayer.step:
-        # the generic step is elementwise: broadcast [N] params along `dim` instead of moving dims
-        trailing = x0.dim() - 1 - layer.dim % x0.dim()
-        if trailing:
-            params = type(params)(*(p.reshape(*p.shape, *(1,) * trailing) if p.dim() == 1 else p for p in params))
+        params = layer._layout_params(x0)
         quant = layer.quant_fn if isinstance(layer.quant_fn, str) else layer._quant or "round"
         ys, new = scan_spec(layer.spec, params, state, xs, spike_fn=layer.spike_fn, quant_fn=quant, fast=fast)
     else:
         d = layer.dim % x0.dim() + 1
         work = layer._to_working_dim
         state = type(state)(*(work(t) for t in state))
-        ys, new = _loop(layer.step, params, state, xs.movedim(d, -1), {})
+        ys, new = _loop(layer.step, layer.activated_params(), state, xs.movedim(d, -1), {})
         ys = ys.movedim(-1, d)
         new = layer._state_record()(*(layer._from_working_dim(t) for t in new))
     layer._put_states(dict(zip(layer.state_names, _unaliased(new, ys))))

@@ -58,14 +58,15 @@ class KernelConfig:
             per-step calls on the CPU; ``False`` (or the environment variable ``TRACETORCH_FAST=0``
             at import) makes both run the plain step.
         step_min_elements: a per-step call takes the one-step kernel from this many elements
-            (batch x neurons) on; below it the op-by-op step measured faster (the kernel call's
-            fixed cost, about 60 us, outweighs the work). Measured on 2 cores, one LIB layer per
-            step, op-by-op time / kernel time, training (fwd+bwd) and no_grad: 2K elements
-            0.60 / 0.49, 8K 0.73 / 0.74, 32K 1.18 / 1.39, 131K 1.22 / 1.25, 1M 1.68 / 2.15.
+            (batch x neurons) on; below it the op-by-op step is as fast or faster. Measured on 2
+            cores as op-by-op time / kernel time, training (fwd+bwd) and no_grad. One LIB layer
+            alone: 2K elements 0.60 / 0.49, 32K 1.18 / 1.39, 131K 1.22 / 1.25, 1M 1.68 / 2.15.
+            In a model (Linear -> LIB -> Linear -> LIB per step, the GEMMs dominating): 32K
+            0.95 / 1.00, 65K 0.98 / 0.98, 131K 0.97 / 1.02, 262K 1.24 / 0.98, 524K 1.18 / 1.04.
     """
 
     auto: bool = os.environ.get("TRACETORCH_FAST", "1") != "0"
-    step_min_elements: int = 32768
+    step_min_elements: int = 262144
 
 
 #: The kernel engine's settings.

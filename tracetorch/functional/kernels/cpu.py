@@ -52,7 +52,6 @@ __all__ = [
     "threads_for",
     "chunk_steps",
     "saved_steps",
-    "advise_huge_pages",
 ]
 
 BLOCK = {"float": 2048, "double": 1024}
@@ -86,37 +85,6 @@ def threads_for(T: int, S: int, real: str) -> int:
 
     blocks = -(-S // BLOCK[real])
     return max(1, min(torch.get_num_threads(), blocks, (T * S) >> 15))
-
-
-_HUGE_PAGE = 1 << 21
-_MADV_HUGEPAGE = 14
-_MADVISE: list = []  # [libc's madvise] once looked up, [None] where there is none
-
-
-def advise_huge_pages(address: int, nbytes: int) -> None:
-    """Ask Linux to back a fresh output buffer with transparent huge pages (``MADV_HUGEPAGE``).
-
-    A new large tensor is fresh memory from the kernel, and the kernel's first write to it
-    page-faults once per 4 KiB page; with huge pages, once per 2 MiB, which takes about a third
-    off the forward of a 100 MB output here. Only the whole 2 MiB pages inside a buffer of at
-    least 8 MiB are advised; it is a hint (ignored where THP is off, failures are ignored too)
-    and changes no value.
-    """
-    if nbytes < 4 * _HUGE_PAGE or platform.system() != "Linux":
-        return
-    with _LOCK:
-        if not _MADVISE:
-            try:
-                fn = ctypes.CDLL(None).madvise
-                fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-                _MADVISE.append(fn)
-            except (OSError, AttributeError):
-                _MADVISE.append(None)
-    fn = _MADVISE[0]
-    start = (address + _HUGE_PAGE - 1) & ~(_HUGE_PAGE - 1)
-    end = (address + nbytes) & ~(_HUGE_PAGE - 1)
-    if fn is not None and end > start:
-        fn(start, end - start, _MADV_HUGEPAGE)
 
 
 class BuildError(RuntimeError):

@@ -150,8 +150,6 @@ def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save):
         return ys, final, saved
     real = _DTYPES[xs.dtype]
     lib = get_kernel(kind, spike, quant).lib(real)
-    for out in (ys, saved):
-        cpu.advise_huge_pages(out.data_ptr(), out.numel() * out.element_size())
     lib.tt_forward(
         T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
         _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), cpu.threads_for(T, S, real),
@@ -179,7 +177,6 @@ def scan_backward(xs, state, params, kind, spike, quant, layout, seed, saved, gr
         return gxs, gstate, gparams
     real = _DTYPES[xs.dtype]
     lib = get_kernel(kind, spike, quant).lib(real)
-    cpu.advise_huge_pages(gxs.data_ptr(), gxs.numel() * gxs.element_size())
     lib.tt_backward(
         T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
         _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
