@@ -499,7 +499,7 @@ def main() -> None:
         sizes = [("W1 (quick: T=20, B=16, H=256)", 20, 16, 256)]
     # every workload is timed first, under the malloc settings asked for; the memory passes (which
     # switch glibc to returning memory at once, a setting that cannot be undone) come after them all
-    timed: list[tuple[str, dict, dict, float, Callable[[dict, dict], None]]] = []
+    timed: list[tuple[dict, dict, Callable[[dict, dict], None]]] = []  # (variants, timings, report)
     for title, T, B, H in sizes:
         variants, info = w1_variants(T, B, H, tt015)
         t_compile = first_call(variants[ref])
@@ -528,7 +528,7 @@ def main() -> None:
                     "(goal >= 1.5)"
                 )
 
-        timed.append((title, variants, res, floor, report_w1))
+        timed.append((variants, res, report_w1))
     T, B, N = (20, 16, 1024) if ARGS.quick else (100, 64, 4096)
     for forward_only in (False, True):
         if "w2" not in ARGS.workloads and not ARGS.quick:
@@ -556,8 +556,8 @@ def main() -> None:
             )
             charts.append((f"W2 {what}", res, floor))
 
-        timed.append(("W2", variants, res, floor, report_w2))
-    for _, variants, res, _, report in timed:
+        timed.append((variants, res, report_w2))
+    for variants, res, report in timed:
         report(res, memory(variants))
     if "cold" in ARGS.workloads or ARGS.quick:
         text, goal = cold_start_table()

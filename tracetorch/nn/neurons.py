@@ -110,6 +110,11 @@ class NeuronLayer(TTLayer):
         """The functional core's step for this layer's spec, with its spike and quant functions."""
         return core._generic_step(self.spec, params, state, x, self.spike_fn, self._quant)
 
+    def _scan_quant(self) -> Any:
+        """The quantizer as ``scan_spec`` takes it: its name where it has one, else the callable
+        (``"round"`` for the LI family, which has none and ignores it)."""
+        return self.quant_fn if isinstance(self.quant_fn, str) else self._quant or "round"
+
     def _layout_params(self, x: torch.Tensor) -> Any:
         """The activated params shaped to broadcast against one step ``x`` in the input layout.
 
@@ -147,7 +152,7 @@ class NeuronLayer(TTLayer):
         x = self._prepare_input(x)
         params = self._layout_params(x)
         state = self.spec.State(*(self.__dict__[n] for n in self._state_names))
-        quant = self.quant_fn if isinstance(self.quant_fn, str) else self._quant
+        quant = self._scan_quant()
         xs = x.unsqueeze(0)
         if kernels.kernel_reason(self.spec, params, state, xs, self.spike_fn, quant) is not None:
             return None

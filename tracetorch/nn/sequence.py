@@ -329,8 +329,9 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
     state = layer.state
     if isinstance(layer, NeuronLayer) and type(layer).step is NeuronLayer.step:
         params = layer._layout_params(x0)
-        quant = layer.quant_fn if isinstance(layer.quant_fn, str) else layer._quant or "round"
-        ys, new = scan_spec(layer.spec, params, state, xs, spike_fn=layer.spike_fn, quant_fn=quant, fast=fast)
+        ys, new = scan_spec(
+            layer.spec, params, state, xs, spike_fn=layer.spike_fn, quant_fn=layer._scan_quant(), fast=fast
+        )
     else:
         d = layer.dim % x0.dim() + 1
         work = layer._to_working_dim
