@@ -7,6 +7,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from ..functional.kernels.context import tracing
 from ..state import io, tree
 
 __all__ = ["TTModel", "functional_call"]
@@ -24,7 +25,7 @@ class TTModel(nn.Module):
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
+        if tracing():  # this call's own fact: another thread compiling changes nothing here
             return super().__call__(*args, **kwargs)
         try:
             return super().__call__(*args, **kwargs)

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ..neurons import _broadcasts_to
+from .context import tracing
 from .cpu import BuildError, cache_dir
 from .ops import DoubleBackwardError, get_kernel, kernel_scan, spike_tag
 
@@ -46,6 +47,7 @@ __all__ = [
     "BuildError",
     "DoubleBackwardError",
     "warn_no_compiler",
+    "tracing",
 ]
 
 
@@ -141,12 +143,16 @@ def kernel_reason(spec: Any, params: Any, state: Any, xs: torch.Tensor, spike_fn
 
 
 def warn_no_compiler(reason: str) -> None:
-    """Warn once per process that the kernels cannot be built here and the plain loop runs."""
+    """Warn once per process that the kernels cannot be built here and the plain loop runs.
+
+    ``reason`` is the whole :class:`BuildError` message (a failing compiler's own error included).
+    """
     if not _NO_COMPILER_WARNED.is_set():
         _NO_COMPILER_WARNED.set()
         warnings.warn(
-            f"tracetorch: {reason}; sequences run the plain step loop (correct, slower). "
-            "Install a C compiler for the fused kernels, or pass fast=False to silence this.",
+            "tracetorch: the fused kernels cannot run here; sequences run the plain step loop (correct, "
+            "slower). Install a working C compiler for the fused kernels, or pass fast=False to silence "
+            f"this. The cause: {reason}",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
-import threading
 from functools import cache
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 from .. import spikes
 from ..neurons import SPECS, NeuronSpec
 from . import cpu
+from .context import tracing
 from .trace import Traced, adjoint, builtin_spike_kind, trace_step
 
 __all__ = ["neuron_scan", "kernel_scan", "spike_tag", "Kernel", "get_kernel", "uniform_draws"]
@@ -57,7 +57,7 @@ class Kernel:
         self.traced: Traced = trace_step(self.spec, _spike_from_tag(spike))
         self.adjoint = adjoint(self.traced, quant)
         self._libs: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self._lock = cpu.cache.ForkSafeLock()  # released again in a forked child
 
     def source(self, real: str) -> str:
         """The C source of this kernel for ``real`` (``"float"`` or ``"double"``)."""
@@ -400,7 +400,7 @@ def kernel_scan(
     flat_state = [s.reshape(S) for s in state]
     # under no_grad nothing is kept for a backward (autograd.Function's needs_input_grad ignores the mode)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in [*flat_params, *state, xs])
-    if EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling():
+    if EAGER_PATH["mode"] == "auto" and not tracing():  # per-call, not torch.compiler.is_compiling()
         meta = (spec.name, spike, quant, layout, len(flat_state), seed, save)
         ys, *final = _EagerScan.apply(meta, xs.reshape(T, S), *flat_state, *flat_params)
     else:
