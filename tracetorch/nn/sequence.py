@@ -53,6 +53,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from ..functional.time import _check_chunk, _loop, check_fast, scan_spec
 from .layer import TTLayer
 from .neurons import NeuronLayer
+from .walk import named_layers
 
 __all__ = ["run", "scan_layer", "stateless", "register_stateless", "plan"]
 
@@ -109,8 +110,6 @@ def stateless(module: nn.Module) -> nn.Module:
 
 
 def _has_layers(module: nn.Module) -> bool:
-    from ..state.tree import named_layers
-
     return bool(named_layers(module))
 
 
@@ -255,8 +254,6 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
     ``None``: the whole model runs step by step. The decision for a module (e.g. a BatchNorm)
     depends on its current train/eval mode.
     """
-    from ..state.tree import named_layers
-
     chain = _chain(model)
     if chain is None or _global_hooks():
         return None
@@ -363,8 +360,6 @@ def _unaliased(state: Any, ys: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _run_plan(steps: list[tuple[str, nn.Module]], xs: torch.Tensor, fast: bool | None, chunk: int | None) -> Any:
-    from ..state.tree import named_layers
-
     inside = [[layer for _, layer in named_layers(m)] for _, m in steps]
     x: Any = xs
     for i, (kind, m) in enumerate(steps):
@@ -479,8 +474,6 @@ def run(
         Every neuron layer's state is left where ``T`` per-step calls would leave it. If the call
         fails, every state is put back as it was before it.
     """
-    from ..state.tree import named_layers
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"run: model must be an nn.Module, received {type(model).__name__}")
     if not isinstance(xs, torch.Tensor) or xs.dim() < 1:
