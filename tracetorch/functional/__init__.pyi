@@ -14,9 +14,9 @@ from .constraints import halflife_to_decay as halflife_to_decay
 from .constraints import sigmoid_inverse as sigmoid_inverse
 from .constraints import softplus_inverse as softplus_inverse
 from .constraints import timesteps_to_decay as timesteps_to_decay
+from .delays import DelayedLinearParams as DelayedLinearParams
 from .delays import DelayParams as DelayParams
 from .delays import DelayState as DelayState
-from .delays import DelayedLinearParams as DelayedLinearParams
 from .delays import delay_kernel as delay_kernel
 from .delays import delay_scan as delay_scan
 from .delays import delay_step as delay_step
