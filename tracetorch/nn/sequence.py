@@ -313,7 +313,9 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
     """One neuron layer over ``xs`` ``[T, ...]`` (each step shaped as the layer's per-step input).
 
     Starts from the layer's stored state (zeros if none) and stores the final state, as ``T``
-    calls of ``layer(x_t)`` would. Returns ``ys`` ``[T, ...]``. ``chunk`` has no effect.
+    calls of ``layer(x_t)`` would. Returns ``ys`` ``[T, ...]``. ``chunk`` has no effect. A layer
+    with a ``run_sequence(xs)`` method (the delay layers) runs the checked sequence through it,
+    before any kernel is tried.
     """
     if not isinstance(xs, torch.Tensor) or xs.dim() < 2:
         raise ValueError(
@@ -322,6 +324,9 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
         )
     check_fast(f"scan_layer({type(layer).__name__})", fast)
     xs = layer._prepare_input(xs, sequence=True)
+    hook = getattr(layer, "run_sequence", None)
+    if hook is not None:  # a layer that runs a sequence its own way (the delay lines): before any kernel
+        return hook(xs)
     x0 = xs[0]
     state = layer.state
     if isinstance(layer, NeuronLayer) and type(layer).step is NeuronLayer.step:
