@@ -59,9 +59,10 @@ def _lib_call(fast=True, name="LIB", quant="round", dtype=torch.float64):
     return F.scan(F.get_step(name), params, state, xs, fast=fast, **kw)
 
 
-def _source(name="LIB", quant="round", real="double"):
+def _source(name="LIB", quant="round", real="double", part="forward"):
+    """The C source of one of the two libraries of a kernel (the forward's, loaded first, by default)."""
     tag = kernels.spike_tag(F.sigmoid4x)  # what scan passes, for the LI family too
-    return ops.get_kernel(name, tag, quant if F.SPECS[name].fires else "none").source(real)
+    return ops.get_kernel(name, tag, quant if F.SPECS[name].fires else "none").source(real, part)
 
 
 def _plant(where, mark, uid=None):
@@ -306,7 +307,7 @@ def test_fork_while_another_thread_builds(tmp_path):
         ref = F.scan(F.lib_step, p, s, xs, quant_fn='round', fast=False)[0]
         t = threading.Thread(target=F.scan, args=(F.lib_step, p, s, xs), kwargs=dict(quant_fn='round', fast=True))
         t.start()
-        while not cpu._LOCK.locked():
+        while not any(lock.locked() for lock in list(cpu._BUILDING.values())):  # a build holds its lock
             time.sleep(0.005)
         pid = os.fork()
         if pid == 0:

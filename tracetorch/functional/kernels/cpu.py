@@ -1,7 +1,9 @@
 """The CPU backend: the traced step printed as C with OpenMP, built by the system compiler, cached on disk.
 
-Each kernel is one C file with two functions, ``tt_forward`` and ``tt_backward``, for one
-``(type, spike function, quantizer, dtype)``. The elements of one timestep (``S`` of them: batch
+Each kernel is two C files, one with ``tt_forward`` and one with ``tt_backward``, for one
+``(type, spike function, quantizer, dtype)``, built as two libraries at the same time (a cold
+build waits for the longer of the two, not their sum; different libraries build in parallel,
+one library is built once). The elements of one timestep (``S`` of them: batch
 times neurons) are cut into blocks; each OpenMP thread takes whole blocks and runs the entire
 time loop over its block with the state in a small array that stays in L1 cache, the loop over
 the block's elements vectorized (``#pragma omp simd``). The forward keeps the state only at
@@ -234,8 +236,15 @@ def _c_quant(quant: str, p: str, site: int) -> str:
     return fire if quant == "bernoulli" else f"({p} * {fire})"
 
 
-def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
-    """The C file of one kernel: ``tt_forward`` (and ``tt_backward`` when ``adj`` is given)."""
+def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str, part: str = "both") -> str:
+    """The C file of one kernel: ``tt_forward`` and ``tt_backward`` (``part="both"``, the backward
+    only when ``adj`` is given), or one of them alone (``part="forward"`` / ``"backward"``).
+
+    The kernels are built as two libraries, forward and backward, in parallel: a translation unit
+    each, so the first build of a process waits for the longer of the two, not for their sum.
+    """
+    if part not in ("both", "forward", "backward") or (part == "backward" and adj is None):
+        raise ValueError(f"c_source: part must be 'both', 'forward' or 'backward' (with an adjoint), received {part!r}")
     d = _dialect(real)
     ns, np_ = len(tr.state), len(tr.params)
     fwd = forward_lines(tr, d, quant, lambda kind, k: {"x": "xt[j]", "state": f"s{k}[j]", "param": f"p{k}[j]"}[kind])
@@ -290,7 +299,7 @@ def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
         "    }",
         "}",
     ]
-    if adj is None:
+    if adj is None or part == "forward":
         return head + "\n".join(fw) + "\n"
     seed = lambda e: "gyt[j]" if e[0] == "seed_y" else f"s{e[1]}[j]"  # noqa: E731 (s<k> holds the adjoint)
     bl, leaves = backward_lines(tr, adj, d, seed)
@@ -348,6 +357,8 @@ def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
         "    }",
         "}",
     ]
+    if part == "backward":
+        return head + "\n".join(bw) + "\n"
     return head + "\n".join(fw) + "\n\n" + "\n".join(bw) + "\n"
 
 
@@ -427,12 +438,14 @@ def _cpu_tag() -> str:
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}
+# one lock per library being built or loaded, so different libraries build at the same time
+_BUILDING: dict[str, cache.ForkSafeLock] = {}
 
 
 def _compile(cc: Compiler, c_path: Path, so_path: Path) -> None:
     """Run the compiler; on the first build, without OpenMP if it fails with it. ``BuildError``
     with the compiler's own message (its first 3000 and last 1000 characters) if it fails."""
-    deciding = cc.openmp is None
+    deciding = cc.openmp is None  # (two first builds may run at once: each decides for itself)
     while True:
         cmd = [cc.path, *cc.flags(), str(c_path), "-o", str(so_path), "-lm"]
         try:
@@ -443,11 +456,9 @@ def _compile(cc: Compiler, c_path: Path, so_path: Path) -> None:
             if cc.openmp is None:
                 cc.openmp = True
             return
-        if cc.openmp is None:  # first build: maybe the compiler has no OpenMP runtime; try without
+        if deciding and "-fopenmp" in cmd:  # first build: maybe the compiler has no OpenMP runtime; try without
             cc.openmp = False
             continue
-        if deciding:
-            cc.openmp = None  # it failed without OpenMP too: OpenMP was not the problem, decide again next time
         message = (out.stderr or out.stdout).strip()
         if len(message) > 4000:  # the first errors say most; the last lines how it ended
             message = message[:3000] + "\n[...]\n" + message[-1000:]
@@ -494,6 +505,12 @@ def load(source: str) -> ctypes.CDLL:
         lib = _LOADED.get(digest)
         if lib is not None:
             return lib
+        building = _BUILDING.get(digest) or _BUILDING.setdefault(digest, cache.ForkSafeLock())
+    with building:  # another thread building this same library: wait for it, then take its result
+        with _LOCK:
+            lib = _LOADED.get(digest)
+        if lib is not None:
+            return lib
         try:
             target = cache.directory() / f"tt_{digest}.so"
         except OSError as err:
@@ -506,5 +523,6 @@ def load(source: str) -> ctypes.CDLL:
             lib = ctypes.CDLL(str(target))
         except OSError as err:
             raise BuildError(f"the tracetorch kernel {str(target)!r} does not load: {err}") from None
-        _LOADED[digest] = lib
+        with _LOCK:
+            _LOADED[digest] = lib
         return lib
