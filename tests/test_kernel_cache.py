@@ -249,7 +249,7 @@ def test_umask_000_still_makes_private_directories_and_files(tmp_path):
     for d in (tmp_path / "a", tmp_path / "a" / "b", where):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     files = list(where.iterdir())
-    assert sorted(p.suffix for p in files) == [".json", ".so"]
+    assert sorted(p.suffix for p in files) == [".json", ".json", ".so", ".so"]  # forward and backward
     for f in files:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
 
