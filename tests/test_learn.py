@@ -70,18 +70,42 @@ def test_eprop_equals_bptt_one_block(name):
         torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-11, msg=f"{name}: {pname}")
 
 
-@pytest.mark.parametrize("name", ["LIB", "DSRLITS"])
-def test_eprop_forward_mode_equals_reverse_mode(name):
-    net = _net(name)
+class SmoothALIF(tt.TTLayer):
+    """A user's adaptive neuron with a smooth output (no quantizer): forward mode runs through it."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.register_decay("beta", 0.85)
+        self.register_decay("rho", 0.9)
+        self.register_threshold("threshold", 0.8)
+        self.register_state("mem", "adapt")
+
+    def step(self, params, state, x):
+        mem = params.beta * state.mem + x
+        s = sigmoid4x(mem - params.threshold - state.adapt)
+        adapt = params.rho * state.adapt + (1 - params.rho) * s
+        return s, state._replace(mem=mem - s * params.threshold, adapt=adapt)
+
+
+@pytest.mark.parametrize("name", ["DSLI", "user"])
+def test_eprop_forward_mode_equals_reverse_mode_and_bptt(name):
+    if name == "user":
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(3, 5), SmoothALIF(5), nn.Linear(5, 2)).to(D)
+    else:
+        net = _net(name)
     xs, loss_fn = _task(T=5)
     a = _online_grads(EProp(net, jacobian="forward"), net, xs, loss_fn)
     b = _online_grads(EProp(net, jacobian="reverse"), net, xs, loss_fn)
-    for u, v in zip(a, b):
+    ref = bptt_reference_grads(net, xs, loss_fn, list(net.parameters()))
+    for u, v, r in zip(a, b, ref):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(v, r, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("name", ["LIB", "DSRLITS", "SLI"])
 def test_step_jacobian_matches_autograd(name):
+    modes = ("forward", "reverse") if not F.SPECS[name].fires else ("reverse",)
     # every entry of the per-neuron Jacobian against torch.autograd on one element at a time
     spec = F.SPECS[name]
     step = F.get_step(name)
@@ -90,7 +114,7 @@ def test_step_jacobian_matches_autograd(name):
     params = spec.Params(*(p + 0.05 * torch.rand_like(p) for p in params))
     state = spec.State(*(torch.randn_like(x) for _ in spec.state_names))
     kw = {"quant_fn": "round"}
-    for mode in ("forward", "reverse"):
+    for mode in modes:
         y, new, jac = step_jacobian(step, params, state, x, mode=mode, **kw)
         y_ref, new_ref = step(params, state, x, **kw)
         torch.testing.assert_close(y, y_ref)
@@ -259,6 +283,9 @@ def test_bad_models_and_arguments():
         EProp(nn.Sequential(tt.nn.LIB(2, dim=-2)))
     with pytest.raises(ValueError, match="decay"):
         OTTT(nn.Sequential(nn.Linear(2, 2), tt.nn.LIB(2)), decay=1.5)
+    x = torch.zeros(1, 2)
+    with pytest.raises(NotImplementedError, match="mode='reverse'"):
+        step_jacobian(F.lib_step, F.init_params("LIB", 2), F.init_state("LIB", x), x, mode="forward")
     with pytest.raises(ValueError, match="mode"):
         step_jacobian(F.lib_step, F.init_params("LIB", 2), F.init_state("LIB", torch.zeros(1, 2)), torch.zeros(1, 2), mode="x")
 

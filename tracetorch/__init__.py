@@ -7,7 +7,7 @@ API ``tt.nn`` (layers, :class:`TTLayer`, :class:`TTModel`; also spelled ``tt.snn
 
 __version__ = "0.16.0"
 
-from . import encode, functional, learn, loss, nir, nn, plot, snn, state
+from . import datasets, encode, functional, learn, loss, nir, nn, plot, snn, state
 from .monitoring import Recorder, monitor
 from .nn import TTLayer, TTModel, functional_call
 
@@ -21,6 +21,7 @@ __all__ = [
     "plot",
     "learn",
     "nir",
+    "datasets",
     "monitor",
     "Recorder",
     "TTLayer",

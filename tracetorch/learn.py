@@ -83,8 +83,9 @@ def step_jacobian(
     that of the very sample returned. Pure: nothing is mutated.
 
     ``mode``: ``"forward"``: ``torch.func.jvp`` with one tangent of ones per input leaf (every
-    state field, ``x``, every param), ``vmap``-ed with ``randomness="same"``; custom
-    ``autograd.Function`` s in the step need a ``jvp`` rule (the built-in quantizers have one).
+    state field, ``x``, every param), ``vmap``-ed with ``randomness="same"``; every custom
+    ``autograd.Function`` in the step needs a ``jvp`` rule, which the built-in quantizers do not
+    have (one would stop ``torch.compile``), so it serves the LI family and steps without them.
     ``"reverse"`` (default; measured 3-4x faster on the CPU, benchmarks/online.py): one forward
     with the params expanded to ``x``'s shape, then one backward of ones per output leaf (``y`` and
     every state field). Both give the same numbers (tested).
@@ -122,7 +123,13 @@ def step_jacobian(
         def directional(*tans):
             return torch.func.jvp(f, primals, tans)
 
-        outs, touts = torch.func.vmap(directional, randomness="same")(*tangents)
+        try:
+            outs, touts = torch.func.vmap(directional, randomness="same")(*tangents)
+        except NotImplementedError as err:
+            raise NotImplementedError(
+                f"step_jacobian: mode='forward' cannot differentiate this step ({err}); the built-in "
+                "quantizers have no jvp rule: use mode='reverse' (the default)"
+            ) from err
         y, new_leaves = outs[0][0], [o[0] for o in outs[1:]]
         # rows: outputs (y, s'_1..K); columns: inputs (s_1..K, x, p_1..P); each [...]
         rows = [t.expand(d, *shape) for t in touts]
@@ -352,7 +359,8 @@ class EProp(_OnlineRule):
             output still gets its exact signal.
         generator: for the random feedback matrices (default: torch's global generator).
         jacobian: how :func:`step_jacobian` differentiates the step, ``"reverse"`` (default) or
-            ``"forward"`` (``torch.func.jvp``); the same traces either way.
+            ``"forward"`` (``torch.func.jvp``: the LI family and steps whose custom functions have
+            a ``jvp`` rule); the same traces either way.
 
     Equals BPTT (docs/online.md) for the weights, bias and params of one block whose output
     feeds a memoryless readout with a per-step loss, for every built-in type.

@@ -9,9 +9,8 @@ Spike functions are frozen dataclasses: hashable and comparable, so they can sit
 config and ``torch.compile`` guards on them by value.
 
 The quantizers are ``torch.autograd.Function`` s with ``setup_context`` and
-``generate_vmap_rule = True`` and a forward-mode rule (``jvp``, the same straight-through
-derivative), so they work under ``torch.func.vmap``, ``torch.func.grad``, ``torch.func.jvp`` /
-``jacfwd`` (what :mod:`tracetorch.learn` derives eligibility traces with) and ``torch.compile``. ``"bernoulli"`` and ``"probabilistic"`` draw from torch's random generator:
+``generate_vmap_rule = True``, so they work under ``torch.func.vmap``, ``torch.func.grad`` and
+``torch.compile``. ``"bernoulli"`` and ``"probabilistic"`` draw from torch's random generator:
 under ``torch.func.vmap`` pass ``randomness="different"`` (independent draws per member); vmap's
 default ``"error"`` refuses them, and torch cannot draw ``"same"`` randomness from a batched
 probability. For draws shared across members, or a reproducible, fully pure step, pass uniform
@@ -131,10 +130,6 @@ class _RoundST(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
-    @staticmethod
-    def jvp(ctx, p_t: torch.Tensor) -> torch.Tensor:
-        return p_t
-
 
 def _bernoulli(p: torch.Tensor) -> torch.Tensor:
     # NaN in, NaN out, as with round: torch.bernoulli itself refuses a NaN probability
@@ -156,10 +151,6 @@ class _BernoulliST(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad
 
-    @staticmethod
-    def jvp(ctx, p_t: torch.Tensor) -> torch.Tensor:
-        return p_t
-
 
 class _ProbabilisticST(torch.autograd.Function):
     generate_vmap_rule = True
@@ -172,17 +163,11 @@ class _ProbabilisticST(torch.autograd.Function):
     def setup_context(ctx, inputs, output) -> None:
         (p,) = inputs
         ctx.save_for_backward(p)
-        ctx.save_for_forward(p)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (p,) = ctx.saved_tensors
         return grad * 2.0 * p
-
-    @staticmethod
-    def jvp(ctx, p_t: torch.Tensor) -> torch.Tensor:
-        (p,) = ctx.saved_tensors
-        return p_t * 2.0 * p
 
 
 def _fire_below(p: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -205,10 +190,6 @@ class _NoiseBernoulliST(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         return grad, None
 
-    @staticmethod
-    def jvp(ctx, p_t: torch.Tensor, noise_t: torch.Tensor | None) -> torch.Tensor:
-        return p_t
-
 
 class _NoiseProbabilisticST(torch.autograd.Function):
     generate_vmap_rule = True
@@ -220,17 +201,11 @@ class _NoiseProbabilisticST(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(inputs[0])
-        ctx.save_for_forward(inputs[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (p,) = ctx.saved_tensors
         return grad * 2.0 * p, None
-
-    @staticmethod
-    def jvp(ctx, p_t: torch.Tensor, noise_t: torch.Tensor | None) -> torch.Tensor:
-        (p,) = ctx.saved_tensors
-        return p_t * 2.0 * p
 
 
 def round_st(p: torch.Tensor) -> torch.Tensor:
