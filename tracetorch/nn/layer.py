@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from ..functional.constraints import ACTIVATIONS, INVERSES, identity
-from ..functional.neurons import ParamSpec, check_num_neurons, check_stored, resolve_param
+from ..functional.neurons import ParamSpec, check_num_neurons, check_stored, fixed_decay, resolve_param
 
 __all__ = ["TTLayer", "record_type"]
 
@@ -105,7 +105,11 @@ class TTLayer(nn.Module):
 
     # ---- params -------------------------------------------------------------------------
     def register_decay(self, name: str, value: Any = 0.9, rank: int = 1, learnable: bool = True) -> None:
-        """Declare a decay in (0, 1): stored as ``raw_<name> = logit(value)``, read through sigmoid."""
+        """Declare a decay in (0, 1): stored as ``raw_<name> = logit(value)``, read through sigmoid.
+
+        A fixed decay (``learnable=False``) may be exactly 1.0 (integrate-and-fire): it is then
+        stored as the value itself, and stays in (0, 1].
+        """
         self._declare(ParamSpec(name, "decay", 0.9), value, rank, learnable)
 
     def register_threshold(self, name: str, value: Any = 1.0, rank: int = 1, learnable: bool = True) -> None:
@@ -131,6 +135,7 @@ class TTLayer(nn.Module):
         if not isinstance(learnable, bool):
             raise TypeError(f"{owner}: learn_{pspec.name} must be a bool, received {learnable!r}")
         value_in = value
+        pspec = fixed_decay(pspec, value, learnable)  # 1.0, fixed: integrate-and-fire, stored as the value
         value = resolve_param(owner, pspec, self.num_neurons, value, rank)
         if inverse is None:  # else 0.15-style: arbitrary inverse / activation functions
             inverse, activation = INVERSES[pspec.kind], ACTIVATIONS[pspec.kind]
