@@ -96,7 +96,7 @@ from .functional.spikes import Atan, Erf, FastSigmoid, Sigmoid, Triangle, round_
 from .nn.layer import TTLayer
 from .nn.model import TTModel
 from .nn.neurons import LAYERS, NeuronLayer
-from .state.tree import named_layers
+from .nn.walk import named_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir as nir_pkg
