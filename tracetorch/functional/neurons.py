@@ -1,7 +1,8 @@
-"""The 28 neuron types as pure step functions, built from one table of specs.
+"""The 52 neuron types as pure step functions, built from one table of specs.
 
-Every type is a :class:`NeuronSpec` ``(dual, synaptic, recurrent, firing)``; one generic step
-chains the stages of the maths page (docs/maths.md) (synaptic, recurrent, membrane, firing) as the spec says. The spec also
+Every type is a :class:`NeuronSpec` ``(dual, synaptic, recurrent, firing, adaptive)`` (plus its
+static ``reset`` mode); one generic step chains the stages of the maths page (docs/maths.md)
+(synaptic, recurrent, membrane, firing with its reset, adaptation) as the spec says. The spec also
 derives the type's name, its param names and defaults, and its state names, and owns one
 ``NamedTuple`` type for its params and one for its state (created here at import time, so they
 pickle and trace).
@@ -17,7 +18,7 @@ Conventions for every step ``step(params, state, x) -> (y, new_state)``:
   ``TypeError``/``ValueError`` for a wrong params or state type, a complex or integer input, a
   param that does not broadcast to ``x``.
 * NaN: a NaN in ``x`` (or in a state) gives NaN in ``y`` and in every state of that neuron, for
-  all 28 types and every quantizer (the dual split ``pos``/``neg`` keeps NaN); as every trace
+  all 52 types and every quantizer (the dual split ``pos``/``neg`` keeps NaN); as every trace
   decays multiplicatively, the NaN stays in the state at every later step, until the state is
   reset (``zero_states()``, a new initial state). Other neurons are unaffected.
 """

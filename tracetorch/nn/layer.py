@@ -29,7 +29,7 @@ No output aliases a state: where a step returns a state tensor itself as the out
 family's ``y = mem``, the recurrent types' ``prev_output = y``), the layer hands out a copy, so an
 in-place op downstream (``nn.ReLU(inplace=True)``, ``y.clamp_()``) never rewrites the state.
 
-NaN, the same for all 28 built-in types and every quantizer: a NaN in the input gives NaN in
+NaN, the same for all 52 built-in types and every quantizer: a NaN in the input gives NaN in
 that neuron's output and in every one of its states (the recurrent traces from the next step on,
 as they read the previous output); every trace decays multiplicatively, so the NaN stays in the
 state at every later step until ``zero_states()`` (or a new state is set). Other neurons are

@@ -13,7 +13,7 @@ How a kernel comes to be, for one ``(type, spike function, quantizer, dtype)``:
    ``tracetorch::neuron_scan_backward`` with ``torch.library`` (fake kernels, autograd), so
    ``torch.compile(fullgraph=True)`` runs through them.
 
-Selection (:func:`kernel_reason`): the kernel path serves the 28 built-in steps with a built-in
+Selection (:func:`kernel_reason`): the kernel path serves the 52 built-in steps with a built-in
 spike function (``Sigmoid``, ``FastSigmoid``, ``Atan``, ``Triangle``, ``Erf``) and a named quantizer,
 on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), outside
 ``torch.func`` transforms. Anything else runs the plain step loop. The object API's per-step

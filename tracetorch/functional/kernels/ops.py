@@ -1,7 +1,7 @@
 """The kernels as ``torch.library`` custom ops, with fake (meta) kernels and autograd.
 
 Two ops, generic over every neuron type (the type, spike function and quantizer are string
-arguments, so one schema serves all 28 and ``torch.compile`` sees one opaque call per layer):
+arguments, so one schema serves every type and ``torch.compile`` sees one opaque call per layer):
 
 * ``tracetorch::neuron_scan(xs [T, S], state [S]..., params [n_p]..., ...) -> (ys, final state, saved)``
 * ``tracetorch::neuron_scan_backward(...) -> (grad xs, grad initial state, grad params per element)``
