@@ -17,10 +17,10 @@ F = tt.functional
 D = torch.float64
 
 
-def _net(name: str, n_in: int = 3, n: int = 5, n_out: int = 2, seed: int = 0) -> nn.Sequential:
+def _net(name: str, n_in: int = 3, n: int = 5, n_out: int = 2, seed: int = 0, **kw) -> nn.Sequential:
     torch.manual_seed(seed)
     cls = getattr(tt.nn, name)
-    layer = cls(n, quant_fn="round") if F.SPECS[name].fires else cls(n)
+    layer = cls(n, quant_fn="round", **kw) if F.SPECS[name].fires else cls(n)
     with torch.no_grad():  # non-default values, so every param's gradient means something
         for pname, p in layer.named_parameters():
             if "rec_weight" in pname:
@@ -52,15 +52,19 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---- exactness -----------------------------------------------------------------------------------
 
-EXACT_TYPES = ["LIB", "LIT", "LITS", "DLIB", "SLIB", "RLIB", "DSRLITS", "SRLIT", "LI", "DSLI"]
+EXACT_TYPES = [
+    "LIB", "LIT", "LITS", "DLIB", "SLIB", "RLIB", "DSRLITS", "SRLIT", "LI", "DSLI", "ALIB", "DSRALITS",
+    "LIB/zero", "DRALIT/zero",
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", EXACT_TYPES)
-def test_eprop_equals_bptt_one_block(name):
+@pytest.mark.parametrize("case", EXACT_TYPES)
+def test_eprop_equals_bptt_one_block(case):
     # one Linear -> neuron block feeding a memoryless readout, a per-step loss: e-prop's eligibility
-    # traces are exact forward-mode derivatives (the step is elementwise, its R part per neuron),
-    # and the learning signal is the whole derivative of the loss wrt the block's output
-    net = _net(name)
+    # traces are exact per-neuron derivatives (the step is elementwise, its R and A parts per
+    # neuron), and the learning signal is the whole derivative of the loss wrt the block's output
+    name, _, reset = case.partition("/")
+    net = _net(name, **({"reset": reset} if reset else {}))
     xs, loss_fn = _task()
     params = list(net.parameters())
     ref = bptt_reference_grads(net, xs, loss_fn, params)

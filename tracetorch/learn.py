@@ -16,7 +16,7 @@ backpropagated (docs/online.md says what each computes and where it equals BPTT)
 The traces are derived from the step itself by automatic differentiation, never written per
 type: :func:`step_jacobian` pushes one tangent of ones per state field, input and param through
 ``torch.func.jvp`` (``vmap``-ed), or one cotangent of ones per output back through the step,
-which for an elementwise step gives every neuron's diagonal Jacobian block. Any pure elementwise step works: the 28 built-in types, a user's
+which for an elementwise step gives every neuron's diagonal Jacobian block. Any pure elementwise step works: the 52 built-in types, a user's
 ``TTLayer.step``, a type added to the table later.
 
 Both rules wrap a feed-forward stack (an ``nn.Sequential``) of ``Linear -> TTLayer`` blocks and a
