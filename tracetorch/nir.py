@@ -91,6 +91,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._keywords import keywords
 from .functional.constraints import ACTIVATIONS, INVERSES
 from .functional.spikes import Atan, Erf, FastSigmoid, Sigmoid, Triangle, round_st
 from .nn.layer import TTLayer
@@ -368,6 +369,7 @@ def _export_module(nir: Any, name: str, module: nn.Module, x: torch.Tensor, dt: 
     raise ValueError(f"export: module {what} has no NIR mapping here; supported: {_SUPPORTED_MODULES}")
 
 
+@keywords
 def export(model: nn.Module, sample_input: torch.Tensor, dt: float = 1.0) -> nir_pkg.NIRGraph:
     """Export ``model`` to a ``nir.NIRGraph``.
 
@@ -680,6 +682,7 @@ def _import_node(nir: Any, name: str, node: Any, dt: float, reset: str | None, p
     )
 
 
+@keywords
 def import_(graph: nir_pkg.NIRGraph, dt: float | None = None, reset: str | None = None) -> NIRModel:
     """Build a tracetorch model from a chain-shaped ``nir.NIRGraph``.
 

@@ -50,7 +50,7 @@ def li_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -59,7 +59,7 @@ def dli_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -68,7 +68,7 @@ def sli_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -77,7 +77,7 @@ def dsli_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -86,7 +86,7 @@ def lib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -95,7 +95,7 @@ def dlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -104,7 +104,7 @@ def slib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -113,7 +113,7 @@ def rlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -122,7 +122,7 @@ def dslib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -131,7 +131,7 @@ def drlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -140,7 +140,7 @@ def srlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -149,7 +149,7 @@ def dsrlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -158,7 +158,7 @@ def lit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -167,7 +167,7 @@ def dlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -176,7 +176,7 @@ def slit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -185,7 +185,7 @@ def rlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -194,7 +194,7 @@ def dslit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -203,7 +203,7 @@ def drlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -212,7 +212,7 @@ def srlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -221,7 +221,7 @@ def dsrlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -230,7 +230,7 @@ def lits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -239,7 +239,7 @@ def dlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -248,7 +248,7 @@ def slits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -257,7 +257,7 @@ def rlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -266,7 +266,7 @@ def dslits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -275,7 +275,7 @@ def drlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -284,7 +284,7 @@ def srlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...
 
@@ -293,6 +293,6 @@ def dsrlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
 ) -> tuple[Tensor, Any]: ...

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from .._keywords import keywords
 from .neurons import SPECS, NeuronSpec, _generic_step, check_step_args
-from .spikes import Quantizer, resolve_quantizer, sigmoid4x
+from .spikes import Quantizer, SpikeFn, resolve_quantizer, resolve_spike_fn, sigmoid4x
 
 __all__ = ["scan", "scan_spec", "builtin_spec", "check_fast"]
 
@@ -51,6 +52,7 @@ def _check_chunk(owner: str, chunk: Any) -> None:
     )
 
 
+@keywords
 def scan(
     step: Callable[..., tuple[torch.Tensor, Any]],
     params: Any,
@@ -89,7 +91,10 @@ def scan(
     if spec is not None and fast is not False:
         unknown = sorted(set(step_kwargs) - {"spike_fn", "quant_fn"})
         if unknown:
-            raise TypeError(f"scan: {step.__name__} got unexpected keyword argument(s) {unknown}")
+            raise TypeError(
+                f"scan: unknown keyword argument(s) {unknown}; valid keywords: fast, chunk (scan's own) and "
+                f"spike_fn, quant_fn (passed to {step.__name__})"
+            )
         return scan_spec(
             spec,
             params,
@@ -113,7 +118,7 @@ def scan_spec(
     state: Any,
     xs: torch.Tensor,
     *,
-    spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
+    spike_fn: SpikeFn = sigmoid4x,
     quant_fn: Quantizer = "bernoulli",
     fast: bool | None = None,
 ) -> tuple[torch.Tensor, Any]:
@@ -126,6 +131,7 @@ def scan_spec(
     from . import kernels
 
     check_step_args(spec, params, state, xs[0], f"scan({spec.name.lower()}_step)")
+    spike_fn = resolve_spike_fn(spike_fn, f"scan({spec.name.lower()}_step)")
     quant = resolve_quantizer(quant_fn, spec.name)
     if fast is not False and (fast or kernels.config.auto):
         reason = kernels.kernel_reason(spec, params, state, xs, spike_fn, quant_fn)

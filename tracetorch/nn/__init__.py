@@ -37,6 +37,7 @@ from .neurons import (
     SRLIT,
     SRLITS,
     NeuronLayer,
+    defaults,
     unknown_type_message,
 )
 from .sequence import plan, register_stateless, run, scan_layer, stateless
@@ -47,6 +48,7 @@ __all__ = [
     "NeuronLayer",
     "LAYERS",
     "functional_call",
+    "defaults",
     "run",
     "scan_layer",
     "plan",

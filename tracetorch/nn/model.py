@@ -7,6 +7,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from .._keywords import keywords
 from ..state import io, tree
 
 __all__ = ["TTModel", "functional_call"]
@@ -50,14 +51,17 @@ class TTModel(nn.Module):
         """The state tree ``{layer path: state NamedTuple or None}`` (live tensors)."""
         return tree.get_states(self)
 
+    @keywords
     def set_states(self, states: dict[str, Any], strict: bool = True) -> None:
         """Put a state tree back (validated first; nothing changes on error)."""
         tree.set_states(self, states, strict)
 
+    @keywords
     def save_states(self, path: Union[str, Any] | None = None) -> dict[str, torch.Tensor]:
         """Copies of every hidden state as ``{"net.1.mem": tensor}``; also written to ``path`` (``.pt``/``.safetensors``)."""
         return io.save_states(self, path)
 
+    @keywords
     def load_states(self, src: Any, strict: bool = True) -> io.LoadResult:
         """Load states from a path or dict; validated first, the model is unchanged on error."""
         return io.load_states(self, src, strict)
@@ -125,6 +129,7 @@ def _add_layer_path(model: nn.Module, err: BaseException) -> None:
     err.args = (message, *err.args[1:])
 
 
+@keywords
 def functional_call(
     model: nn.Module,
     params: dict[str, torch.Tensor] | None,

@@ -8,7 +8,7 @@ from torch import Tensor
 from ..functional.neurons import NeuronSpec
 from .layer import TTLayer
 
-__all__ = ['NeuronLayer', 'LAYERS', 'LI', 'DLI', 'SLI', 'DSLI', 'LIB', 'DLIB', 'SLIB', 'RLIB', 'DSLIB', 'DRLIB', 'SRLIB', 'DSRLIB', 'LIT', 'DLIT', 'SLIT', 'RLIT', 'DSLIT', 'DRLIT', 'SRLIT', 'DSRLIT', 'LITS', 'DLITS', 'SLITS', 'RLITS', 'DSLITS', 'DRLITS', 'SRLITS', 'DSRLITS']
+__all__ = ['NeuronLayer', 'LAYERS', 'defaults', 'LI', 'DLI', 'SLI', 'DSLI', 'LIB', 'DLIB', 'SLIB', 'RLIB', 'DSLIB', 'DRLIB', 'SRLIB', 'DSRLIB', 'LIT', 'DLIT', 'SLIT', 'RLIT', 'DSLIT', 'DRLIT', 'SRLIT', 'DSRLIT', 'LITS', 'DLITS', 'SLITS', 'RLITS', 'DSLITS', 'DRLITS', 'SRLITS', 'DSRLITS']
 
 ALIASES: dict[str, str]
 
@@ -21,7 +21,7 @@ LAYERS: LayerTable
 
 class NeuronLayer(TTLayer):
     spec: NeuronSpec
-    spike_fn: Callable[[Tensor], Tensor]
+    spike_fn: str | Callable[[Tensor], Tensor]
     quant_fn: str | Callable[[Tensor], Tensor] | None
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
     def step(self, params: Any, state: Any, x: Tensor) -> tuple[Tensor, Any]: ...
@@ -71,7 +71,7 @@ class LIB(NeuronLayer):
     raw_beta: Tensor
     raw_threshold: Tensor
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, threshold_rank: int = 1, learn_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, threshold_rank: int = 1, learn_beta: bool = True, learn_threshold: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DLIB(NeuronLayer):
     pos_beta: Tensor
@@ -82,7 +82,7 @@ class DLIB(NeuronLayer):
     raw_threshold: Tensor
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class SLIB(NeuronLayer):
     alpha: Tensor
@@ -93,7 +93,7 @@ class SLIB(NeuronLayer):
     raw_threshold: Tensor
     syn: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, threshold_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, threshold_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_threshold: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class RLIB(NeuronLayer):
     beta: Tensor
@@ -107,7 +107,7 @@ class RLIB(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DSLIB(NeuronLayer):
     pos_alpha: Tensor
@@ -124,7 +124,7 @@ class DSLIB(NeuronLayer):
     neg_syn: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DRLIB(NeuronLayer):
     pos_beta: Tensor
@@ -146,7 +146,7 @@ class DRLIB(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class SRLIB(NeuronLayer):
     alpha: Tensor
@@ -163,7 +163,7 @@ class SRLIB(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DSRLIB(NeuronLayer):
     pos_alpha: Tensor
@@ -191,7 +191,7 @@ class DSRLIB(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class LIT(NeuronLayer):
     beta: Tensor
@@ -201,7 +201,7 @@ class LIT(NeuronLayer):
     raw_pos_threshold: Tensor
     raw_neg_threshold: Tensor
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DLIT(NeuronLayer):
     pos_beta: Tensor
@@ -214,7 +214,7 @@ class DLIT(NeuronLayer):
     raw_neg_threshold: Tensor
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class SLIT(NeuronLayer):
     alpha: Tensor
@@ -227,7 +227,7 @@ class SLIT(NeuronLayer):
     raw_neg_threshold: Tensor
     syn: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class RLIT(NeuronLayer):
     beta: Tensor
@@ -243,7 +243,7 @@ class RLIT(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DSLIT(NeuronLayer):
     pos_alpha: Tensor
@@ -262,7 +262,7 @@ class DSLIT(NeuronLayer):
     neg_syn: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DRLIT(NeuronLayer):
     pos_beta: Tensor
@@ -286,7 +286,7 @@ class DRLIT(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class SRLIT(NeuronLayer):
     alpha: Tensor
@@ -305,7 +305,7 @@ class SRLIT(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DSRLIT(NeuronLayer):
     pos_alpha: Tensor
@@ -335,7 +335,7 @@ class DSRLIT(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class LITS(NeuronLayer):
     beta: Tensor
@@ -349,7 +349,7 @@ class LITS(NeuronLayer):
     raw_pos_scale: Tensor
     raw_neg_scale: Tensor
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DLITS(NeuronLayer):
     pos_beta: Tensor
@@ -366,7 +366,7 @@ class DLITS(NeuronLayer):
     raw_neg_scale: Tensor
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class SLITS(NeuronLayer):
     alpha: Tensor
@@ -383,7 +383,7 @@ class SLITS(NeuronLayer):
     raw_neg_scale: Tensor
     syn: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class RLITS(NeuronLayer):
     beta: Tensor
@@ -403,7 +403,7 @@ class RLITS(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DSLITS(NeuronLayer):
     pos_alpha: Tensor
@@ -426,7 +426,7 @@ class DSLITS(NeuronLayer):
     neg_syn: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DRLITS(NeuronLayer):
     pos_beta: Tensor
@@ -454,7 +454,7 @@ class DRLITS(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class SRLITS(NeuronLayer):
     alpha: Tensor
@@ -477,7 +477,7 @@ class SRLITS(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
 
 class DSRLITS(NeuronLayer):
     pos_alpha: Tensor
@@ -511,4 +511,4 @@ class DSRLITS(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: str | Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...

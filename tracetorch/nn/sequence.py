@@ -42,6 +42,7 @@ from __future__ import annotations
 import dis
 import inspect
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from .._keywords import keywords
 from ..functional.time import _check_chunk, _loop, check_fast, scan_spec
 from .layer import TTLayer
 from .neurons import NeuronLayer
@@ -271,7 +273,7 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
     for m in chain:
         if _hooked(m) or _replaced(m):
             out.append(("step", m))  # its hooks (tt.monitor's, say) see the T per-step calls they expect
-        elif isinstance(m, TTLayer):
+        elif isinstance(m, TTLayer) and not getattr(m, "return_mem", False):
             out.append(("neuron", m))
         elif step_rank >= 2 and not _has_layers(m) and _foldable(m, step_rank):
             out.append(("fold", m))
@@ -312,6 +314,7 @@ def _per_step(m: Callable[[Any], Any], xs: torch.Tensor) -> Any:
     return _stack([m(x) for x in xs.unbind(0)])
 
 
+@keywords
 def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk: int | None = None) -> torch.Tensor:
     """One neuron layer over ``xs`` ``[T, ...]`` (each step shaped as the layer's per-step input).
 
@@ -439,6 +442,7 @@ def _positive(name: str, value: Any) -> int | None:
     return value
 
 
+@keywords
 def run(
     model: nn.Module,
     xs: torch.Tensor,
@@ -490,6 +494,8 @@ def run(
     checkpoint, detach_every = _positive("checkpoint", checkpoint), _positive("detach_every", detach_every)
     steps = plan(model, xs)
     layers = [layer for _, layer in named_layers(model)]
+    if torch.is_grad_enabled():
+        _warn_freed_graph(layers)
     saved = [(layer, [layer.__dict__.get(n) for n in layer.state_names]) for layer in layers]
     try:
         return _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every)
@@ -498,6 +504,76 @@ def run(
             for n, t in zip(layer.state_names, values):
                 object.__setattr__(layer, n, t)
         raise
+
+
+FREED_GRAPH_HINT = (
+    "run: the hidden states still hang on the autograd graph of an earlier call whose backward has already "
+    "run (its saved tensors are freed), so a backward through this call will fail with torch's 'Trying to "
+    "backward through the graph a second time ... Specify retain_graph=True'. retain_graph=True is not the fix: "
+    "call model.zero_states() (tt.state.zero_states(net)) before a new sequence, or model.detach_states() "
+    "(tt.state.detach_states(net)) to go on with the same sequence without backpropagating into the last "
+    "one (truncated BPTT)"
+)
+
+_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _freed(node: Any, budget: int = 32) -> bool:
+    """Whether the graph behind ``node`` has had its saved tensors freed (by a backward without
+    ``retain_graph``): the nearest of its first ``budget`` nodes that saves anything tells."""
+    stack, seen = [node], set()
+    while stack and budget:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        budget -= 1
+        seen.add(id(n))
+        names = _SAVED_NAMES.get(type(n))
+        if names is None:
+            names = _SAVED_NAMES[type(n)] = tuple(a for a in dir(n) if a.startswith("_saved_") or a == "saved_tensors")
+        holds = False
+        try:
+            for a in names:
+                v = getattr(n, a)
+                holds = (
+                    holds
+                    or isinstance(v, torch.Tensor)
+                    or (isinstance(v, tuple) and any(isinstance(e, torch.Tensor) for e in v))
+                )
+        except RuntimeError:
+            return True
+        if holds:  # the nearest node that saves a tensor decides: a backward frees the graph it ran through
+            return False
+        stack.extend(f for f, _ in n.next_functions)
+    return False
+
+
+def _warn_freed_graph(layers: list[TTLayer]) -> None:
+    """Warn (:data:`FREED_GRAPH_HINT`) where a state still holds a graph that a backward has freed.
+
+    Costs a loop over the layers where states are ``None`` or detached (after ``zero_states()`` /
+    ``detach_states()``, the usual loop); only states that carry a graph are looked into.
+    """
+    for layer in layers:
+        for n in layer.state_names:
+            t = layer.__dict__.get(n)
+            if t is not None and t.grad_fn is not None:
+                if _freed(t.grad_fn):
+                    warnings.warn(FREED_GRAPH_HINT, UserWarning, stacklevel=_user_level())
+                    return
+                break
+
+
+def _user_level() -> int:
+    """The ``stacklevel`` of the first frame outside tracetorch (the user's call), for a warning."""
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every) -> Any:
