@@ -50,6 +50,7 @@ def neurons_stub() -> str:
     lines = [
         HEADER,
         "from collections.abc import Callable",
+        "from contextlib import AbstractContextManager",
         "from typing import Any",
         "",
         "from torch import Tensor",
@@ -62,6 +63,7 @@ def neurons_stub() -> str:
         "ALIASES: dict[str, str]",
         "",
         "def unknown_type_message(name: object) -> str: ...",
+        "def defaults(**kwargs: Any) -> AbstractContextManager[None]: ...",
         "",
         "class LayerTable(dict[str, type[NeuronLayer]]):",
         "    def __missing__(self, key: object) -> type[NeuronLayer]: ...",
@@ -72,6 +74,9 @@ def neurons_stub() -> str:
         "    spec: NeuronSpec",
         f"    spike_fn: {SPIKE_FN}",
         f"    quant_fn: {QUANT} | None",
+        "    return_mem: bool",
+        "    @property",
+        "    def membrane(self) -> Tensor | None: ...",
         "    def __init__(self, *args: Any, **kwargs: Any) -> None: ...",
         "    def step(self, params: Any, state: Any, x: Tensor) -> tuple[Tensor, Any]: ...",
     ]
@@ -157,7 +162,7 @@ def _isort_key(item: str) -> tuple[int, str]:
     """The order ruff's isort gives imported names: CONSTANTS, then Classes, then functions."""
     name = item.split(" as ")[0]
     kind = 0 if name.isupper() and len(name) > 1 else 1 if name[0].isupper() else 2
-    return kind, name
+    return kind, name.lower()
 
 
 STUBS = {

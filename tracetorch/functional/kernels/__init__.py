@@ -15,8 +15,10 @@ How a kernel comes to be, for one ``(type, spike function, quantizer, dtype)``:
 
 Selection (:func:`kernel_reason`): the kernel path serves the 28 built-in steps with a built-in
 spike function (``Sigmoid``, ``FastSigmoid``, ``Atan``, ``Triangle``, ``Erf``) and a named quantizer,
-on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), outside
-``torch.func`` transforms. Anything else runs the plain step loop. The object API's per-step
+on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), also under
+``torch.func.vmap``, ``grad``, ``vjp``, ``jacrev`` and their compositions (the ops' vmap rule folds
+the population into the kernel's elements); forward mode (``jvp``, ``jacfwd``) runs the plain
+loop. Anything else runs the plain step loop. The object API's per-step
 calls (``layer(x)``) take a one-step kernel on the CPU from ``config.step_min_elements`` elements on.
 """
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from ..neurons import _broadcasts_to
 from .cpu import BuildError, cache_dir
@@ -99,11 +102,22 @@ def _gpu_ready() -> str | None:
     return None
 
 
+def _forward_mode_active() -> bool:
+    """Whether a forward-mode transform (``torch.func.jvp``/``jacfwd``) or a dual level is active."""
+    if fwAD._current_level >= 0:
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+
+
 def kernel_reason(spec: Any, params: Any, state: Any, xs: torch.Tensor, spike_fn: Any, quant_fn: Any) -> str | None:
     """Why the kernel path cannot run this call (a sentence), or ``None`` when it can.
 
-    Checks shapes, dtypes, devices, the spike function and quantizer, ``torch.func`` transforms
-    and devices; whether a C compiler is there shows when the kernel is built.
+    Checks shapes, dtypes, devices, the spike function and quantizer and forward-mode transforms; whether a C compiler is there shows when the kernel is built.
     """
     if quant_tag(spec, quant_fn) is None:
         return "the kernels handle the quantizers 'round', 'bernoulli' and 'probabilistic', not a custom callable"
@@ -112,8 +126,11 @@ def kernel_reason(spec: Any, params: Any, state: Any, xs: torch.Tensor, spike_fn
             "the kernels handle the built-in spike functions (Sigmoid, FastSigmoid, Atan, Triangle, Erf), "
             f"not {type(spike_fn).__name__}"
         )
-    if torch._C._are_functorch_transforms_active():
-        return "the kernels do not run under torch.func transforms (vmap, grad, ...); the plain loop does"
+    if _forward_mode_active():
+        return (
+            "the kernels have no forward-mode rule (torch.func.jvp, jacfwd, forward-mode AD); the plain "
+            "loop runs there (reverse mode, vmap and their compositions run the kernels)"
+        )
     tensors = [*params, *state, xs]
     if not all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors):
         return "params, state and xs must be plain tensors"
