@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +15,21 @@ import tracetorch as tt
 import tracetorch.functional as F
 
 B, T, N = 3, 5, 4
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(N, N), tt.nn.LIB(N, quant_fn="round"), nn.Linear(N, 2), tt.nn.LI(2))
+
+
+class Model(tt.TTModel):
+    def __init__(self):
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, x):
+        return self.net(x)
 
 
 # ---- item 5: names users know ---------------------------------------------------------------------
@@ -212,3 +223,133 @@ def test_no_warning_where_the_states_are_fine():
         (a.sum() + b.sum()).backward()
         with torch.no_grad():
             tt.nn.run(net, xs)  # no grad mode: nothing to say
+
+
+# ---- item 1: layouts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [None, False])
+def test_batch_first_data_runs_with_time_dim_1(fast):
+    net, xs = _net(), torch.randn(T, B, N)
+    ref = tt.nn.run(net, xs, fast=fast)
+    ref_states = tt.state.get_states(net)
+    tt.state.zero_states(net)
+    batch_first = xs.transpose(0, 1).contiguous()  # [B, T, N], as a data loader hands it
+    ys = tt.nn.run(net, batch_first, fast=fast, time_dim=1)
+    assert ys.shape == (B, T, 2)
+    torch.testing.assert_close(ys, ref.transpose(0, 1))
+    for path, state in tt.state.get_states(net).items():
+        for a, b in zip(state, ref_states[path]):
+            torch.testing.assert_close(a, b)
+    model = Model()
+    torch.testing.assert_close(model.run(batch_first, time_dim=1, fast=fast), ref.transpose(0, 1))
+
+
+def test_scan_takes_batch_first_data():
+    params = F.init_params("SLIB", N)
+    xs = torch.randn(T, B, N)
+    state = F.init_state("SLIB", xs[0])
+    ref, ref_final = F.scan(F.slib_step, params, state, xs, quant_fn="round")
+    ys, final = F.scan(F.slib_step, params, state, xs.transpose(0, 1).contiguous(), quant_fn="round", time_dim=1)
+    torch.testing.assert_close(ys, ref.transpose(0, 1))
+    torch.testing.assert_close(final.mem, ref_final.mem)
+    with pytest.raises(ValueError, match="scan: time_dim must be 0"):
+        F.scan(F.slib_step, params, state, xs, time_dim=2)
+
+
+def test_swapped_time_and_batch_against_live_states_is_refused_saying_so():
+    net = _net()
+    tt.nn.run(net, torch.randn(T, B, N))  # states of batch B
+    before = {p: [t.clone() for t in s] for p, s in tt.state.get_states(net).items()}
+    with pytest.raises(ValueError, match=r"hold a batch of 3.*is 3 steps of a batch of 5: T and B look swapped.*time_dim=1"):
+        tt.nn.run(net, torch.randn(B, T, N))  # batch-first data, read time-first
+    with pytest.raises(ValueError, match=r"T and B look swapped.*time_dim=0"):
+        tt.nn.run(net, torch.randn(T, B, N), time_dim=1)
+    for p, s in tt.state.get_states(net).items():
+        assert all(torch.equal(a, b) for a, b in zip(s, before[p]))  # refused before anything changed
+    tt.nn.run(net, torch.randn(7, B, N))  # another length of the same batch: fine
+
+
+def test_run_and_the_docs_say_the_layout_first():
+    assert "time-first" in tt.nn.run.__doc__.splitlines()[0] and "[T, B, ...]" in tt.nn.run.__doc__.splitlines()[0]
+    assert "time-first" in tt.TTModel.run.__doc__.splitlines()[0]
+    assert "time-first" in F.scan.__doc__.splitlines()[0]
+    index = (ROOT / "docs" / "index.md").read_text().splitlines()
+    first = next(line for line in index if line.strip() and not line.startswith("#"))
+    assert "[T, B, ...]" in first and "time_dim=1" in first, first
+
+
+# ---- item 3: a whole model, pure, over a sequence --------------------------------------------------
+
+
+def _members(k: int) -> list[nn.Sequential]:
+    return [_net() for _ in range(k)]
+
+
+def test_functional_run_equals_run_and_leaves_the_model_alone():
+    net, xs = _net(), torch.randn(T, B, N)
+    tt.nn.run(net, xs)
+    own = {p: [t.clone() for t in s] for p, s in tt.state.get_states(net).items()}
+    states = tt.state.get_states(net)
+    ys, new = tt.nn.functional_run(net, None, states, xs)
+    ref = tt.nn.run(_copy_with_states(net, states), xs)
+    torch.testing.assert_close(ys, ref)
+    for p, s in tt.state.get_states(net).items():
+        assert all(torch.equal(a, b) for a, b in zip(s, own[p]))  # the model's own states untouched
+    assert set(new) == {"1", "3"}
+    with pytest.raises(ValueError, match=r"functional_run: states has no layer at \['9'\]"):
+        tt.nn.functional_run(net, None, {"9": None}, xs)
+
+
+def _copy_with_states(net, states):
+    import copy
+
+    other = copy.deepcopy(net)
+    tt.state.set_states(other, states)
+    return other
+
+
+def test_functional_run_under_vmap_is_a_population_of_whole_models():
+    members, xs = _members(3), torch.randn(T, B, N)
+    for i, m in enumerate(members):
+        with torch.no_grad():
+            m[0].weight.mul_(1 + i)
+    params, _ = torch.func.stack_module_state(members)
+    ys, new = torch.func.vmap(lambda p, x: tt.nn.functional_run(members[0], p, None, x), in_dims=(0, None))(params, xs)
+    assert ys.shape == (3, T, B, 2) and new["1"].mem.shape == (3, B, N)
+    for i, m in enumerate(members):
+        torch.testing.assert_close(ys[i], tt.nn.run(m, xs))
+        tt.state.zero_states(m)
+    # and grad of a whole model over a sequence, equal to autograd through run
+    p0 = {k: v.detach() for k, v in members[0].named_parameters()}
+    grads = torch.func.grad(lambda p: tt.nn.functional_run(members[0], p, None, xs)[0].square().sum())(p0)
+    tt.nn.run(members[0], xs).square().sum().backward()
+    for k, v in members[0].named_parameters():
+        torch.testing.assert_close(grads[k], v.grad)
+
+
+def test_model_called_on_a_whole_sequence_is_one_step_so_use_run():
+    # the SpikingJelly habit model(xs): one step over a [T, B] batch, not T steps; run is the sequence call
+    net, xs = _net(), torch.randn(T, B, N)
+    one_step = net(xs)
+    tt.state.zero_states(net)
+    assert not torch.allclose(one_step, tt.nn.run(net, xs))
+
+
+# ---- items 9 and 11: the README agrees with the code and says why tests skip ------------------------
+
+
+def _adapt_lines(text: str) -> list[str]:
+    return [line.split("#")[0].strip() for line in text.splitlines() if line.strip().startswith("adapt = params.rho")]
+
+
+def test_readme_and_the_custom_layer_tutorial_write_alif_alike():
+    readme = _adapt_lines((ROOT / "README.md").read_text())
+    tutorial = _adapt_lines((ROOT / "docs" / "tutorials" / "custom_layer.md").read_text())
+    assert readme and tutorial and set(readme) == set(tutorial), (readme, tutorial)
+
+
+def test_readme_says_why_tests_skip():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("reported as skipped"):][:900]
+    assert "CUDA" in section and "typing" in section and "-rs" in section

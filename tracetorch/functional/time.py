@@ -61,9 +61,10 @@ def scan(
     *,
     fast: bool | None = None,
     chunk: int | None = None,
+    time_dim: int = 0,
     **step_kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """Run ``step`` over the leading time dimension of ``xs``.
+    """Run ``step`` over the time dimension of ``xs``: time-first ``[T, ...]`` (``time_dim=1`` for ``[B, T, ...]``).
 
     Args:
         step: a pure ``step(params, state, x, **step_kwargs) -> (y, state)``.
@@ -76,6 +77,9 @@ def scan(
             the plain loop (so does ``TRACETORCH_FAST=0`` for ``None``). Any other step runs the
             plain loop; ``fast=True`` with one is refused.
         chunk: accepted for compatibility; it has no effect (a ``FutureWarning`` says so).
+        time_dim: ``0`` (default): ``xs`` is ``[T, ...]``; ``1``: batch-first ``[B, T, ...]``, read
+            through a transposed view (the fused kernels copy it once, as ``.contiguous()``), and
+            ``ys`` comes back ``[B, T, ...]`` (a view). The state is one step's shape either way.
         **step_kwargs: passed to every ``step`` call (``spike_fn``, ``quant_fn`` for built-in steps).
 
     Returns:
@@ -84,6 +88,13 @@ def scan(
     fast = check_fast("scan", fast)
     if not isinstance(xs, torch.Tensor) or xs.dim() < 1:
         raise ValueError(f"scan: xs must be a tensor [T, ...] with a leading time dimension, received {_describe(xs)}")
+    if isinstance(time_dim, bool) or time_dim not in (0, 1):
+        raise ValueError(f"scan: time_dim must be 0 (xs [T, ...]) or 1 (batch-first [B, T, ...]), received {time_dim!r}")
+    if time_dim == 1:
+        if xs.dim() < 2:
+            raise ValueError(f"scan: time_dim=1 needs xs of at least 2 dims [B, T, ...], received {_describe(xs)}")
+        ys, final = scan(step, params, state, xs.transpose(0, 1), fast=fast, chunk=chunk, **step_kwargs)
+        return ys.transpose(0, 1), final
     if xs.shape[0] == 0:
         raise ValueError(f"scan: xs must hold at least one timestep, received shape {list(xs.shape)}")
     _check_chunk("scan", chunk)
@@ -92,7 +103,7 @@ def scan(
         unknown = sorted(set(step_kwargs) - {"spike_fn", "quant_fn"})
         if unknown:
             raise TypeError(
-                f"scan: unknown keyword argument(s) {unknown}; valid keywords: fast, chunk (scan's own) and "
+                f"scan: unknown keyword argument(s) {unknown}; valid keywords: fast, chunk, time_dim (scan's own) and "
                 f"spike_fn, quant_fn (passed to {step.__name__})"
             )
         return scan_spec(

@@ -6,7 +6,7 @@ name, so static tools see them; ``tracetorch/nn/neurons.pyi`` gives their signat
 
 from .delays import Delay, DelayedLinear
 from .layer import TTLayer
-from .model import TTModel, functional_call
+from .model import TTModel, functional_call, functional_run
 from .neurons import (
     DLI,
     DLIB,
@@ -49,6 +49,7 @@ __all__ = [
     "NeuronLayer",
     "LAYERS",
     "functional_call",
+    "functional_run",
     "defaults",
     "run",
     "scan_layer",

@@ -366,7 +366,8 @@ class TTLayer(nn.Module):
                 continue
             if t.shape != ref.shape:
                 hint = (
-                    "call zero_states() (model.zero_states()) when the batch size changes"
+                    "call zero_states() (model.zero_states()) when the batch size changes (in sequence mode, "
+                    "dim 0 of xs is time: time_dim=1 for batch-first [B, T, ...] data)"
                     if t.dim() == ref.dim()
                     else f"the input has rank {ref.dim()}, the state rank {t.dim()}: in sequence mode "
                     "(model.run, tt.nn.run) dim 0 of xs is time, so xs must be [T, <one step's input shape>]"

@@ -159,7 +159,7 @@ class NeuronLayer(TTLayer):
     @property
     def membrane(self) -> torch.Tensor | None:
         """The membrane potential now (after the last step's reset), shaped like the input; ``None``
-        before the first call. ``mem``; for the dual types ``pos_mem + neg_mem`` (SPEC.md, stage 3)."""
+        before the first call. ``mem``; for the dual types ``pos_mem + neg_mem`` (docs/maths.md, "One timestep")."""
         if self.spec.dual:
             pos, neg = self.__dict__.get("pos_mem"), self.__dict__.get("neg_mem")
             return None if pos is None or neg is None else pos + neg

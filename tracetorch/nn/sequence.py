@@ -451,8 +451,11 @@ def run(
     chunk: int | None = None,
     checkpoint: int | None = None,
     detach_every: int | None = None,
+    time_dim: int = 0,
 ) -> Any:
-    """Feed a whole sequence through ``model``: the outputs of ``T`` per-step calls, in one call.
+    """Feed a whole **time-first** ``[T, B, ...]`` sequence through ``model`` (``time_dim=1`` for ``[B, T, ...]``).
+
+    The outputs of ``T`` per-step calls, in one call.
 
     Args:
         model: an ``nn.Sequential`` of stateless modules and neuron layers, a TTLayer, or a model
@@ -472,9 +475,17 @@ def run(
             more forward's time.
         detach_every: truncated BPTT: the hidden states are detached after every ``detach_every``
             steps (counted from this call's first step), so gradients flow back at most that far.
+        time_dim: which dimension of ``xs`` is time: ``0`` (default, ``[T, B, ...]``) or ``1``
+            (batch-first ``[B, T, ...]``, as snnTorch's and many data loaders' batches). With ``1``
+            the outputs come back batch-first too; ``xs`` is read through a transposed view (no
+            copy on the way in where the modules read it strided; the fused kernels and folded
+            modules copy it once, as ``.contiguous()``), and the outputs are views. Which layout a
+            tensor has cannot be told from its shape on a fresh model; once layers hold states,
+            a call whose ``T`` and ``B`` look swapped against them is refused, saying so.
 
     Returns:
-        ``[T, B, ...]``, the stacked per-step outputs (a pytree of those if the model returns one).
+        ``[T, B, ...]`` (``[B, T, ...]`` with ``time_dim=1``), the stacked per-step outputs (a
+        pytree of those if the model returns one).
         Every neuron layer's state is left where ``T`` per-step calls would leave it. If the call
         fails, every state is put back as it was before it.
     """
@@ -485,6 +496,7 @@ def run(
             "run: xs must be a tensor [T, ...] with a leading time dimension, received "
             f"{list(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__}"
         )
+    xs = time_first("run", xs, time_dim)
     if xs.shape[0] == 0:
         raise ValueError(f"run: xs must hold at least one timestep, received shape {list(xs.shape)}")
     fast = check_fast("run", fast)
@@ -492,16 +504,67 @@ def run(
     checkpoint, detach_every = _positive("checkpoint", checkpoint), _positive("detach_every", detach_every)
     steps = plan(model, xs)
     layers = [layer for _, layer in named_layers(model)]
+    _check_layout(layers, xs, time_dim)
     if torch.is_grad_enabled():
         _warn_freed_graph(layers)
     saved = [(layer, [layer.__dict__.get(n) for n in layer.state_names]) for layer in layers]
     try:
-        return _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every)
+        ys = _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every)
+        return ys if time_dim == 0 else optree.tree_map(lambda y: y.transpose(0, 1), ys)
     except BaseException:
         for layer, values in saved:  # a failed run leaves every state as it was
             for n, t in zip(layer.state_names, values):
                 object.__setattr__(layer, n, t)
         raise
+
+
+def _check_layout(layers: list[TTLayer], xs: torch.Tensor, time_dim: int) -> None:
+    """Refuse a call whose ``T`` and ``B`` look swapped against the states the layers hold.
+
+    Looked at only where every live state has a batch dimension first (rank >= 2, the neurons
+    elsewhere) and all agree on its size ``B``: then ``xs`` (time-first here) of ``[B, T', ...]``
+    with ``T' != B`` cannot be the next sequence of that batch, but is one read the wrong way round.
+    """
+    if xs.dim() < 2:
+        return
+    sizes = set()
+    for layer in layers:
+        for n in layer.state_names:
+            t = layer.__dict__.get(n)
+            if t is None:
+                continue
+            if t.dim() < 2 or layer.dim % t.dim() == 0:
+                return
+            sizes.add(t.shape[0])
+    if len(sizes) != 1:
+        return
+    (batch,) = sizes
+    T, B = xs.shape[:2]
+    if T == batch and B != batch:
+        given = "[B, T, ...] with time_dim=1" if time_dim else "[T, B, ...] (time_dim=0, the default)"
+        other = "time_dim=0 (the default) for [T, B, ...]" if time_dim else "time_dim=1 for batch-first [B, T, ...]"
+        raise ValueError(
+            f"run: the hidden states hold a batch of {batch}, and xs read as {given} is {T} steps of a batch of "
+            f"{B}: T and B look swapped (the shape matches the states only the other way round). Pass {other} "
+            "data; if this really is a new batch size, call zero_states() first"
+        )
+
+
+def time_first(owner: str, xs: Any, time_dim: Any) -> torch.Tensor:
+    """``xs`` with time first: itself for ``time_dim=0``, a transposed view for ``1`` (checked)."""
+    if isinstance(time_dim, bool) or time_dim not in (0, 1):
+        raise ValueError(
+            f"{owner}: time_dim must be 0 (xs [T, B, ...], the default) or 1 (batch-first [B, T, ...]), "
+            f"received {time_dim!r}"
+        )
+    if time_dim == 0:
+        return xs
+    if not isinstance(xs, torch.Tensor) or xs.dim() < 2:
+        raise ValueError(
+            f"{owner}: time_dim=1 needs xs of at least 2 dims [B, T, ...], received "
+            f"{list(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__}"
+        )
+    return xs.transpose(0, 1)
 
 
 FREED_GRAPH_HINT = (
