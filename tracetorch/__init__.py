@@ -7,7 +7,7 @@ API ``tt.nn`` (layers, :class:`TTLayer`, :class:`TTModel`; also spelled ``tt.snn
 
 __version__ = "0.16.0"
 
-from . import encode, functional, loss, nir, nn, plot, snn, state
+from . import datasets, encode, functional, learn, loss, nir, nn, plot, snn, state
 from .monitoring import Recorder, monitor
 from .nn import TTLayer, TTModel, functional_call, functional_run
 
@@ -19,7 +19,9 @@ __all__ = [
     "encode",
     "loss",
     "plot",
+    "learn",
     "nir",
+    "datasets",
     "monitor",
     "Recorder",
     "TTLayer",

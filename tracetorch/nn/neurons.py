@@ -1,8 +1,9 @@
-"""The 28 neuron layers, generated from the functional specs with traceTorch 0.15's signatures.
+"""The 52 neuron layers, generated from the functional specs with traceTorch 0.15's signatures.
 
 Every class is ``Cls(num_neurons, <params...>, dim=-1, <param>_rank=1..., learn_<param>=True...,
-spike_fn=sigmoid4x, quant_fn="bernoulli")`` (no ``spike_fn``/``quant_fn`` for the LI family),
-with the params in the spec's order: alphas, betas, gammas, thresholds, scales, rec weights.
+spike_fn=sigmoid4x, quant_fn="bernoulli", reset="subtract")`` (no ``spike_fn``/``quant_fn``/``reset``
+for the LI family), with the params in the spec's order: alphas, betas, gammas, thresholds, scales,
+rec weights, then the A types' ``rho`` and ``adapt_gain``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def _signature(spec: core.NeuronSpec) -> inspect.Signature:
     if spec.fires:
         params.append(_P("spike_fn", _P.POSITIONAL_OR_KEYWORD, default=sigmoid4x))
         params.append(_P("quant_fn", _P.POSITIONAL_OR_KEYWORD, default="bernoulli"))
+        params.append(_P("reset", _P.POSITIONAL_OR_KEYWORD, default="subtract", annotation=str))
     return inspect.Signature(params)
 
 
@@ -59,6 +61,8 @@ class NeuronLayer(TTLayer):
         bound.apply_defaults()
         a = bound.arguments
         super().__init__(a["num_neurons"], a["dim"])
+        if self.spec.fires and a["reset"] != "subtract":  # the instance's spec carries its reset mode
+            self.spec = core.resolve_reset(self.spec, a["reset"], cls.__name__)
         for p in self.spec.params:
             rank = a[f"{p.name}_rank"]
             if isinstance(rank, bool) or rank not in (0, 1):
@@ -74,12 +78,19 @@ class NeuronLayer(TTLayer):
             self.quant_fn = a["quant_fn"]
         else:
             self.__dict__.update(_spike_fn=sigmoid4x, _quant_fn=None, _quant=None)
+        self.__dict__["_tt_built"] = True
+        self._prebuild()
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("spike_fn", "quant_fn"):  # the properties, even for an nn.Module value
             object.__setattr__(self, name, value)
             return
         super().__setattr__(name, value)
+
+    @property
+    def reset(self) -> str:
+        """The reset mode, ``"subtract"`` or ``"zero"`` (static config, fixed at construction)."""
+        return self.spec.reset
 
     @property
     def spike_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -98,6 +109,7 @@ class NeuronLayer(TTLayer):
         if isinstance(value, torch.nn.Module):  # its params and buffers move with the layer, as before
             self._modules["spike_fn"] = value
         self.__dict__["_spike_fn"] = value
+        self._prebuild()
 
     @property
     def quant_fn(self) -> Any:
@@ -115,6 +127,26 @@ class NeuronLayer(TTLayer):
             raise ValueError(f"{owner}: a leaky integrator has no firing head, quant_fn does not apply")
         quant = resolve_quantizer(value, owner)
         self.__dict__.update(_quant_fn=value, _quant=quant)
+        self._prebuild()
+
+    def _prebuild(self) -> None:
+        """Start building this layer's likely kernel (CPU, its params' dtype) in the background
+        (``kernels.config.prebuild``); the first call waits for it. Once constructed, and again
+        when moved (``.to(...)``) or given another spike or quant function."""
+        if not self.__dict__.get("_tt_built") or type(self).step is not NeuronLayer.step:
+            return
+        raws = [self._raw(p.name) for p in self.spec.params]
+        if not raws or any(r.device.type != "cpu" for r in raws):
+            return
+        dtype = raws[0].dtype
+        for r in raws[1:]:
+            dtype = torch.promote_types(dtype, r.dtype)
+        kernels.prebuild(self.spec, self.spike_fn, self._scan_quant(), dtype)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> NeuronLayer:
+        super()._apply(fn, recurse)
+        self._prebuild()
+        return self
 
     def step(self, params: Any, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The functional core's step for this layer's spec, with its spike and quant functions."""
@@ -197,6 +229,8 @@ class NeuronLayer(TTLayer):
             out += (
                 f", spike_fn={getattr(self.spike_fn, '__name__', None) or self.spike_fn!r}, quant_fn={self.quant_fn!r}"
             )
+            if self.spec.reset != "subtract":
+                out += f", reset={self.spec.reset!r}"
         return out
 
 
@@ -208,10 +242,12 @@ def _make_layer(spec: core.NeuronSpec) -> type:
         "T": "ternary spikes {-1, 0, 1}",
         "TS": "ternary spikes scaled per polarity",
     }[spec.firing]
+    maths = '"One timestep" and "Adaptation"' if spec.adaptive else '"One timestep"'
     doc = (
         f"{spec.name}: {'dual ' if spec.dual else ''}{'synaptic ' if spec.synaptic else ''}"
-        f"{'recurrent ' if spec.recurrent else ''}{head}. One timestep per call.\n\n"
-        f'Maths: docs/maths.md, "One timestep"; the pure form is ``tracetorch.functional.{spec.name.lower()}_step``.\n\n'
+        f"{'recurrent ' if spec.recurrent else ''}{'adaptive-threshold ' if spec.adaptive else ''}{head}. "
+        "One timestep per call.\n\n"
+        f"Maths: docs/maths.md, {maths}; the pure form is ``tracetorch.functional.{spec.name.lower()}_step``.\n\n"
         f"Params (activated, ``layer.<name>``; stored raw as ``raw_<name>``): "
         + ", ".join(f"{p.name} ({p.kind}, default {p.default})" for p in spec.params)
         + f".\nStates (input layout, ``None`` until the first call): {', '.join(spec.state_names)}.\n\n"
@@ -223,6 +259,7 @@ def _make_layer(spec: core.NeuronSpec) -> type:
         + (
             "    spike_fn: distance to threshold -> firing probability (default sigmoid4x).\n"
             "    quant_fn: 'round', 'bernoulli' (default), 'probabilistic' or a callable.\n"
+            "    reset: 'subtract' (default: mem -= spikes*threshold) or 'zero' (hard reset: mem *= 1 - spikes).\n"
             if spec.fires
             else ""
         )
@@ -298,7 +335,10 @@ ALIASES = {
     "Leaky": "LIB",
     "LIFCell": "LIB",
     "LIFNode": "LIB",
-    "IF": "LIB (with beta close to 1)",
+    "IF": "LIB with beta=1.0, learn_beta=False",
+    "ALIF": "ALIB",
+    "LSNN": "ALIB",
+    "AdaptiveLIF": "ALIB",
     "Synaptic": "SLIB",
     "CubaLIF": "SLIB",
     "LIFBoxCell": "LIB",
@@ -310,12 +350,12 @@ ALIASES = {
 
 
 def unknown_type_message(name: object) -> str:
-    """The message for an unknown layer name: what it is called here, if we know, and the 28 names."""
+    """The message for an unknown layer name: what it is called here, if we know, and the 52 names."""
     hint = ALIASES.get(name) if isinstance(name, str) else None
     if hint is None and isinstance(name, str):
         hint = next((n for n in core.NAMES if n.lower() == name.lower()), None)
     said = f"; the {name} neuron is {hint} here" if hint else ""
-    return f"unknown neuron type {name!r}{said}. The 28 types: {', '.join(core.NAMES)} (docs/maths.md, 'Names')"
+    return f"unknown neuron type {name!r}{said}. The {len(core.NAMES)} types: {', '.join(core.NAMES)} (docs/maths.md, 'Names')"
 
 
 class LayerTable(dict):
@@ -325,6 +365,6 @@ class LayerTable(dict):
         raise KeyError(unknown_type_message(key))
 
 
-#: ``{"LIB": LIB, ...}``: the 28 layer classes in the maths page's order (docs/maths.md, "Names").
+#: ``{"LIB": LIB, ...}``: the 52 layer classes in the maths page's order (docs/maths.md, "Names").
 LAYERS: LayerTable = LayerTable((name, _make_layer(spec)) for name, spec in core.SPECS.items())
 globals().update(LAYERS)

@@ -13,7 +13,7 @@ How a kernel comes to be, for one ``(type, spike function, quantizer, dtype)``:
    ``tracetorch::neuron_scan_backward`` with ``torch.library`` (fake kernels, autograd), so
    ``torch.compile(fullgraph=True)`` runs through them.
 
-Selection (:func:`kernel_reason`): the kernel path serves the 28 built-in steps with a built-in
+Selection (:func:`kernel_reason`): the kernel path serves the 52 built-in steps with a built-in
 spike function (``Sigmoid``, ``FastSigmoid``, ``Atan``, ``Triangle``, ``Erf``) and a named quantizer,
 on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), also under
 ``torch.func.vmap``, ``grad``, ``vjp``, ``jacrev`` and their compositions (the ops' vmap rule folds
@@ -49,6 +49,7 @@ __all__ = [
     "BuildError",
     "DoubleBackwardError",
     "warn_no_compiler",
+    "prebuild",
 ]
 
 
@@ -66,10 +67,17 @@ class KernelConfig:
             alone: 2K elements 0.60 / 0.49, 32K 1.18 / 1.39, 131K 1.22 / 1.25, 1M 1.68 / 2.15.
             In a model (Linear -> LIB -> Linear -> LIB per step, the GEMMs dominating): 32K
             0.95 / 1.00, 65K 0.98 / 0.98, 131K 0.97 / 1.02, 262K 1.24 / 0.98, 524K 1.18 / 1.04.
+        prebuild: a built-in layer created (or moved to another dtype) on the CPU starts building
+            its kernel in background threads at once (:func:`prebuild`), so the build runs while
+            the script loads its data instead of inside the first call; ``False`` (or
+            ``TRACETORCH_PREBUILD=0`` at import) builds on first use. Either way the first call
+            waits for the kernel, never runs the plain loop while it builds. See the docs page
+            "Performance on the CPU".
     """
 
     auto: bool = os.environ.get("TRACETORCH_FAST", "1") != "0"
     step_min_elements: int = 262144
+    prebuild: bool = os.environ.get("TRACETORCH_PREBUILD", "1") != "0"
 
 
 #: The kernel engine's settings.
@@ -155,6 +163,27 @@ def kernel_reason(spec: Any, params: Any, state: Any, xs: torch.Tensor, spike_fn
     if not all(_broadcasts_to(p.shape, shape) for p in params):  # (torch.broadcast_shapes: 30 us a call)
         return "params must broadcast to one step of xs"
     return None
+
+
+def prebuild(spec: Any, spike_fn: Any, quant_fn: Any, dtype: torch.dtype) -> bool:
+    """Start building the CPU kernel of ``spec`` with this spike function, quantizer and dtype in
+    background threads, forward and backward at once; ``True`` when a build is running or done.
+
+    Nothing happens (``False``) when ``config.prebuild`` or ``config.auto`` is off, or the kernels
+    do not serve this combination (a custom spike function or quantizer, a dtype other than
+    float32/float64). Returns at once: the first kernel call waits for the build (the run never
+    switches paths halfway), and a failed build is reported there, as a build on first use would be
+    (the warning, then the plain loop). Nothing is built twice: a second call, or a first use while
+    the build runs, takes the same build.
+    """
+    if not (config.prebuild and config.auto) or dtype not in _CPU_DTYPES:
+        return False
+    quant, spike = quant_tag(spec, quant_fn), spike_tag(spike_fn)
+    if quant is None or (spec.fires and spike is None):
+        return False
+    # the key scan_spec asks for: the LI family has no spike function ("" when it is not a built-in)
+    get_kernel(spec.key, spike or "", quant).prebuild("float" if dtype == torch.float32 else "double")
+    return True
 
 
 def warn_no_compiler(reason: str) -> None:

@@ -1,7 +1,7 @@
 """The kernels as ``torch.library`` custom ops, with fake (meta) kernels and autograd.
 
 Two ops, generic over every neuron type (the type, spike function and quantizer are string
-arguments, so one schema serves all 28 and ``torch.compile`` sees one opaque call per layer):
+arguments, so one schema serves every type and ``torch.compile`` sees one opaque call per layer):
 
 * ``tracetorch::neuron_scan(xs [T, S], state [S]..., params [n_p]..., ...) -> (ys, final state, saved)``
 * ``tracetorch::neuron_scan_backward(...) -> (grad xs, grad initial state, grad params per element)``
@@ -21,9 +21,11 @@ kernels. The backward op is differentiable: its derivative recomputes the plain 
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import dataclasses
 import math
+import os
 import threading
 from functools import cache
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 
 from .. import spikes
-from ..neurons import SPECS, NeuronSpec
+from ..neurons import NeuronSpec, spec_from_key
 from . import cpu
 from .trace import Traced, adjoint, builtin_spike_kind, trace_step
 
@@ -58,30 +60,98 @@ class Kernel:
     """The traced step of one ``(type, spike function, quantizer)`` and its built C functions per dtype."""
 
     def __init__(self, kind: str, spike: str, quant: str) -> None:
-        self.spec: NeuronSpec = SPECS[kind]
+        self.spec: NeuronSpec = spec_from_key(kind)
         self.quant = quant
         self.traced: Traced = trace_step(self.spec, _spike_from_tag(spike))
         self.adjoint = adjoint(self.traced, quant)
-        self._libs: dict[str, Any] = {}
+        self._libs: dict[tuple[str, str], Any] = {}
+        self._pending: dict[tuple[str, str], _Pending] = {}
         self._lock = threading.Lock()
 
-    def source(self, real: str) -> str:
-        """The C source of this kernel for ``real`` (``"float"`` or ``"double"``)."""
-        return cpu.c_source(self.traced, self.adjoint, self.quant, real)
+    def source(self, real: str, part: str = "both") -> str:
+        """The C source of this kernel for ``real`` (``"float"`` or ``"double"``): both functions,
+        or one of them (``part="forward"`` / ``"backward"``, the two libraries it is built as)."""
+        return cpu.c_source(self.traced, self.adjoint, self.quant, real, part)
 
-    def lib(self, real: str) -> Any:
-        """The loaded C library for ``real``, built (or read from the disk cache) on first use."""
+    def prebuild(self, real: str) -> None:
+        """Start building (or reading from the disk cache) both libraries for ``real`` in background
+        threads, the forward and the backward at the same time; returns at once. The first call
+        that needs one waits for it (:meth:`lib`), so a run never switches from the plain loop to
+        the kernel halfway; a failed build raises there, as a build in the calling thread would."""
         with self._lock:
-            lib = self._libs.get(real)
-            if lib is None:
-                lib = cpu.load(self.source(real))
-                ptr, long_, u64, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_uint64, ctypes.c_int
-                lib.tt_forward.argtypes = [long_, long_, *[ptr] * 8, u64, int_]
-                lib.tt_forward.restype = None
-                lib.tt_backward.argtypes = [long_, long_, *[ptr] * 6, u64, *[ptr] * 5, int_]
-                lib.tt_backward.restype = None
-                self._libs[real] = lib
-            return lib
+            for part in _PARTS:
+                key = (real, part)
+                if key not in self._libs and not _live(self._pending.get(key)):
+                    self._pending[key] = _in_background(self._load, real, part)
+
+    def lib(self, real: str, part: str = "forward") -> Any:
+        """The loaded C library of ``part`` (``tt_forward`` or ``tt_backward``) for ``real``,
+        built (or read from the disk cache) on first use, both parts at once."""
+        key = (real, part)
+        while True:
+            with self._lock:
+                lib = self._libs.get(key)
+                pending = self._pending.get(key)
+            if lib is not None:
+                return lib
+            if _live(pending):
+                break
+            self.prebuild(real)
+        try:
+            lib = pending.result()
+        except BaseException:
+            with self._lock:  # a failed build is tried again by the next call, as before
+                if self._pending.get(key) is pending:
+                    del self._pending[key]
+            raise
+        with self._lock:
+            self._libs[key] = lib
+            self._pending.pop(key, None)
+        return lib
+
+    def _load(self, real: str, part: str) -> Any:
+        lib = cpu.load(self.source(real, part))
+        ptr, long_, u64, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_uint64, ctypes.c_int
+        if part == "forward":
+            lib.tt_forward.argtypes = [long_, long_, *[ptr] * 8, u64, int_]
+            lib.tt_forward.restype = None
+        else:
+            lib.tt_backward.argtypes = [long_, long_, *[ptr] * 6, u64, *[ptr] * 5, int_]
+            lib.tt_backward.restype = None
+        return lib
+
+
+_PARTS = ("forward", "backward")
+
+
+class _Pending(concurrent.futures.Future):
+    """A build running in a background thread of this process (see :func:`_in_background`)."""
+
+    pid = 0
+
+
+def _live(pending: _Pending | None) -> bool:
+    # a child made by os.fork has none of its parent's threads: a build pending there never ends here
+    return pending is not None and pending.pid == os.getpid()
+
+
+def _in_background(fn: Any, *args: Any) -> _Pending:
+    """Run ``fn(*args)`` in a new thread; its result (or exception) in the returned future.
+
+    A plain non-daemon thread that ends with its build (no pool that would keep threads alive
+    for a later ``fork``); the interpreter waits for it at exit, so no half-built file is left.
+    """
+    fut = _Pending()
+    fut.pid = os.getpid()
+
+    def work() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as err:  # handed to whoever waits for the library
+            fut.set_exception(err)
+
+    threading.Thread(target=work, name="tracetorch-kernel-build").start()
+    return fut
 
 
 @cache
@@ -155,7 +225,10 @@ def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save):
         gpu.forward(get_kernel(kind, spike, quant), xs, state, params, layout, seed, ys, final, saved if save else None)
         return ys, final, saved
     real = _DTYPES[xs.dtype]
-    lib = get_kernel(kind, spike, quant).lib(real)
+    kernel = get_kernel(kind, spike, quant)
+    lib = kernel.lib(real)
+    if save:  # the backward's library too, before anything runs: a failed build falls back whole
+        kernel.lib(real, "backward")
     lib.tt_forward(
         T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
         _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), cpu.threads_for(T, S, real),
@@ -182,7 +255,7 @@ def scan_backward(xs, state, params, kind, spike, quant, layout, seed, saved, gr
         )  # fmt: skip
         return gxs, gstate, gparams
     real = _DTYPES[xs.dtype]
-    lib = get_kernel(kind, spike, quant).lib(real)
+    lib = get_kernel(kind, spike, quant).lib(real, "backward")
     lib.tt_backward(
         T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
         _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
@@ -623,10 +696,10 @@ def kernel_scan(
     # of stacked params trained with .backward()): any active transform keeps what a backward needs
     save = torch.is_grad_enabled() and (_transformed() or any(t.requires_grad for t in [*flat_params, *state, xs]))
     if _transformed() or (EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling()):
-        meta = (spec.name, spike, quant, tuple(layout), len(flat_state), save)
+        meta = (spec.key, spike, quant, tuple(layout), len(flat_state), save)
         ys, _, *final = _Scan.apply(meta, xs.reshape(T, S), seed, *flat_state, *flat_params)
     else:
         ys, final, _ = neuron_scan(
-            xs.reshape(T, S), flat_state, flat_params, spec.name, spike, quant, layout, seed, save
+            xs.reshape(T, S), flat_state, flat_params, spec.key, spike, quant, layout, seed, save
         )
     return ys.reshape(xs.shape), spec.State(*(f.reshape(shape) for f in final))
