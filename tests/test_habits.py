@@ -353,3 +353,13 @@ def test_readme_says_why_tests_skip():
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("reported as skipped"):][:900]
     assert "CUDA" in section and "typing" in section and "-rs" in section
+
+
+def test_an_inplace_change_is_not_taken_for_a_freed_graph():
+    layer = tt.nn.LIB(N, quant_fn="round")
+    y = layer(torch.randn(B, N))
+    with torch.no_grad():
+        y.add_(1.0)  # bumps the version of a tensor the state's graph saved: torch's own error fits that
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tt.nn.run(layer, torch.randn(T, B, N))

@@ -282,7 +282,7 @@ def test_train_eval_and_state_dict_round_trip():
         ),
         (dict(spike_fn="sigmod"), ValueError, "LIB: spike_fn must be one of"),
         (dict(spike_fn=3), TypeError, "LIB: spike_fn must be a name"),
-        (dict(gamma=0.5), TypeError, "LIB: got an unexpected keyword argument 'gamma'"),
+        (dict(gamma=0.5), TypeError, "LIB: unknown keyword argument 'gamma'"),
         (dict(dim=1.5), TypeError, "LIB: dim must be an int"),
         (dict(learn_beta="yes"), TypeError, "LIB: learn_beta must be a bool"),
     ],

@@ -521,11 +521,11 @@ def run(
 def _check_layout(layers: list[TTLayer], xs: torch.Tensor, time_dim: int) -> None:
     """Refuse a call whose ``T`` and ``B`` look swapped against the states the layers hold.
 
-    Looked at only where every live state has a batch dimension first (rank >= 2, the neurons
-    elsewhere) and all agree on its size ``B``: then ``xs`` (time-first here) of ``[B, T', ...]``
+    Looked at only where every live state has the rank of one step of ``xs`` with a batch
+    dimension first (rank >= 2, the neurons elsewhere) and all agree on its size ``B``: then ``xs`` (time-first here) of ``[B, T', ...]``
     with ``T' != B`` cannot be the next sequence of that batch, but is one read the wrong way round.
     """
-    if xs.dim() < 2:
+    if xs.dim() < 3:
         return
     sizes = set()
     for layer in layers:
@@ -533,8 +533,8 @@ def _check_layout(layers: list[TTLayer], xs: torch.Tensor, time_dim: int) -> Non
             t = layer.__dict__.get(n)
             if t is None:
                 continue
-            if t.dim() < 2 or layer.dim % t.dim() == 0:
-                return
+            if t.dim() != xs.dim() - 1 or layer.dim % t.dim() == 0:
+                return  # another rank (a batch without a time axis, a flattening model): not for this check
             sizes.add(t.shape[0])
     if len(sizes) != 1:
         return
@@ -601,8 +601,8 @@ def _freed(node: Any, budget: int = 32) -> bool:
                     or isinstance(v, torch.Tensor)
                     or (isinstance(v, tuple) and any(isinstance(e, torch.Tensor) for e in v))
                 )
-        except RuntimeError:
-            return True
+        except RuntimeError as err:  # freed, or modified in place since (another problem, torch's message fits)
+            return "freed" in str(err)
         if holds:  # the nearest node that saves a tensor decides: a backward frees the graph it ran through
             return False
         stack.extend(f for f, _ in n.next_functions)
