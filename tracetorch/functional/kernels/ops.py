@@ -29,7 +29,7 @@ from ..neurons import SPECS, NeuronSpec
 from . import cpu
 from .trace import Traced, adjoint, builtin_spike_kind, trace_step
 
-__all__ = ["neuron_scan", "kernel_scan", "spike_tag", "Kernel", "get_kernel", "uniform_draws"]
+__all__ = ["neuron_scan", "kernel_scan", "scan_flat", "spike_tag", "Kernel", "get_kernel", "uniform_draws"]
 
 _DTYPES = {torch.float32: "float", torch.float64: "double"}
 
@@ -52,9 +52,15 @@ class Kernel:
     """The traced step of one ``(type, spike function, quantizer)`` and its built C functions per dtype."""
 
     def __init__(self, kind: str, spike: str, quant: str) -> None:
-        self.spec: NeuronSpec = SPECS[kind]
         self.quant = quant
-        self.traced: Traced = trace_step(self.spec, _spike_from_tag(spike))
+        if kind.startswith("custom:"):  # a user's step, registered by its graph's hash (see .custom)
+            from .custom import registered
+
+            self.spec: NeuronSpec | None = None
+            self.traced: Traced = registered(kind)
+        else:
+            self.spec = SPECS[kind]
+            self.traced = trace_step(self.spec, _spike_from_tag(spike))
         self.adjoint = adjoint(self.traced, quant)
         self._libs: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -386,6 +392,15 @@ def kernel_scan(
     Params broadcast to one step of ``xs``; states have its shape. Random quantizers draw their
     seed from torch's default generator, so ``torch.manual_seed`` reproduces a run.
     """
+    ys, final = scan_flat(spec.name, spike, quant, params, state, xs)
+    return ys, spec.State(*final)
+
+
+def scan_flat(
+    kind: str, spike: str, quant: str, params: Any, state: Any, xs: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`kernel_scan` for a kernel named by ``kind`` (a type's name or a custom step's
+    ``"custom:<hash>"``), with params and states as sequences: ``(ys, [final state leaf, ...])``."""
     T, shape = xs.shape[0], xs.shape[1:]
     S = math.prod(shape)
     flat_params, layout = [], []
@@ -401,10 +416,8 @@ def kernel_scan(
     # under no_grad nothing is kept for a backward (autograd.Function's needs_input_grad ignores the mode)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in [*flat_params, *state, xs])
     if EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling():
-        meta = (spec.name, spike, quant, layout, len(flat_state), seed, save)
+        meta = (kind, spike, quant, layout, len(flat_state), seed, save)
         ys, *final = _EagerScan.apply(meta, xs.reshape(T, S), *flat_state, *flat_params)
     else:
-        ys, final, _ = neuron_scan(
-            xs.reshape(T, S), flat_state, flat_params, spec.name, spike, quant, layout, seed, save
-        )
-    return ys.reshape(xs.shape), spec.State(*(f.reshape(shape) for f in final))
+        ys, final, _ = neuron_scan(xs.reshape(T, S), flat_state, flat_params, kind, spike, quant, layout, seed, save)
+    return ys.reshape(xs.shape), [f.reshape(shape) for f in final]
