@@ -345,3 +345,24 @@ def test_state_tree_survives_torch_compile(tmp_path):
     fresh = make_population(1)[0]
     S.load_states(fresh, tmp_path / "c.safetensors")
     assert torch.equal(fresh[1].mem, saved["1.mem"])
+
+
+def test_state_package_imports_nothing_from_nn():
+    # the one arrow that ran back up: state/ knows pytrees and files; the walker lives in nn/walk.py
+    import ast
+    import pathlib
+
+    import tracetorch.nn.walk as walk
+    import tracetorch.state as st
+
+    root = pathlib.Path(st.__file__).parent
+    for path in root.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                name = "." * node.level + (node.module or "")
+                assert not name.startswith("..nn") and not name.startswith("tracetorch.nn"), (path.name, name)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("tracetorch.nn") for a in node.names), path.name
+    model = nn.Sequential(nn.Linear(3, 4), tt.nn.LIB(4), nn.ModuleList([tt.nn.LI(4)]))
+    assert st.named_layers(model) == walk.named_layers(model)
+    assert [p for p, _ in st.named_layers(model)] == ["1", "2.0"]

@@ -27,7 +27,7 @@ from torch import nn
 
 from .functional.neurons import _generic_step
 from .nn.layer import TTLayer
-from .state.tree import named_layers
+from .nn.walk import named_layers
 
 __all__ = ["monitor", "Recorder"]
 

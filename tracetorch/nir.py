@@ -72,7 +72,15 @@ tracetorch              NIR
 ``SLI``                 ``CubaLI``
 ``LIB`` (round)         ``LIF`` (subtractive reset, see above)
 ``SLIB`` (round)        ``CubaLIF`` (subtractive reset, see above)
+``Delay``               ``Delay`` (``delay`` in time units: steps times ``dt``)
 ======================  ==========================================================
+
+A ``Delay`` node's ``delay`` has the node's shape; its values may vary along one axis (the
+channels), and ``delay / dt`` must lie in ``[0, 1e6]`` steps. Import gives a fixed
+``tt.nn.Delay`` with ``max_delay = ceil(max(delay / dt))`` (at least 1), each ``delay / dt``
+within ``1e-6`` (relative) of an integer taken as that integer (``3e-4 / 1e-4`` is
+``2.9999999999999996`` in float64, ``3.0000001`` from a float32 array), others kept fractional (read by linear interpolation, which NIR leaves
+open). ``DelayedLinear`` (a delay per synapse) has no NIR node and is refused.
 
 Everything else is refused with a ``ValueError`` naming the layer and the reason: the dual
 (``D``), recurrent (``R``) and ternary (``T``/``TS``) types, a stochastic or custom quantizer, an
@@ -93,10 +101,11 @@ from torch import nn
 
 from .functional.constraints import ACTIVATIONS, INVERSES
 from .functional.spikes import Atan, Erf, FastSigmoid, Sigmoid, Triangle, round_st
+from .nn.delays import Delay, DelayedLinear
 from .nn.layer import TTLayer
 from .nn.model import TTModel
 from .nn.neurons import LAYERS, NeuronLayer
-from .state.tree import named_layers
+from .nn.walk import named_layers
 
 if TYPE_CHECKING:  # pragma: no cover
     import nir as nir_pkg
@@ -110,7 +119,9 @@ RESET_KEY = "reset_method"
 #: The neuron types that map exactly, and their NIR node types.
 SUPPORTED = {"LI": "LI", "SLI": "CubaLI", "LIB": "LIF", "SLIB": "CubaLIF"}
 
-_SUPPORTED_MODULES = "Linear, Conv1d, Conv2d, Flatten, Identity, Dropout (eval) and the neuron types LI, SLI, LIB, SLIB"
+_SUPPORTED_MODULES = (
+    "Linear, Conv1d, Conv2d, Flatten, Identity, Dropout (eval), Delay and the neuron types LI, SLI, LIB, SLIB"
+)
 
 
 class NIRModel(nn.Sequential, TTModel):
@@ -311,6 +322,8 @@ def _export_module(nir: Any, name: str, module: nn.Module, x: torch.Tensor, dt: 
     what = _describe(name, module)
     if isinstance(module, NeuronLayer):
         return _export_neuron(nir, name, module, x, dt)
+    if isinstance(module, (Delay, DelayedLinear)):
+        return _export_delay(nir, name, module, x, dt)
     if isinstance(module, TTLayer):
         raise ValueError(f"export: layer {what} is a custom TTLayer; only {', '.join(SUPPORTED)} map to NIR")
     if isinstance(module, nn.Linear):
@@ -669,6 +682,8 @@ def _import_node(nir: Any, name: str, node: Any, dt: float, reset: str | None, p
     if isinstance(node, nir.Flatten):
         start, end = int(node.start_dim), int(node.end_dim)
         return nn.Flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
+    if isinstance(node, nir.Delay):
+        return _import_delay(name, node, dt)
     if isinstance(node, (nir.IF, nir.I)):
         raise ValueError(
             f"import_: node {name!r} ({type(node).__name__}) integrates without a leak (decay 1); tracetorch decays "
@@ -676,7 +691,7 @@ def _import_node(nir: Any, name: str, node: Any, dt: float, reset: str | None, p
         )
     raise ValueError(
         f"import_: node {name!r} ({type(node).__name__}) has no tracetorch equivalent; supported: Affine, Linear, "
-        "Conv1d, Conv2d, Flatten, LI, CubaLI, LIF, CubaLIF"
+        "Conv1d, Conv2d, Flatten, Delay, LI, CubaLI, LIF, CubaLIF"
     )
 
 
@@ -716,3 +731,48 @@ def import_(graph: nir_pkg.NIRGraph, dt: float | None = None, reset: str | None 
     for name, node in _walk_chain(nir, graph):
         modules.append(_import_node(nir, name, node, dt, reset, modules[-1] if modules else None))
     return NIRModel(*modules)
+
+
+# ---- delays ----------------------------------------------------------------------------------
+#: The longest delay (in steps) :func:`import_` builds a buffer for.
+_MAX_IMPORTED_DELAY = 1_000_000
+
+
+def _export_delay(nir: Any, name: str, layer: Delay | DelayedLinear, x: torch.Tensor, dt: float) -> Any:
+    """A ``tt.nn.Delay`` as a ``nir.Delay`` of the per-sample shape: ``delay`` in steps times ``dt``."""
+    what = _describe(name, layer)
+    if isinstance(layer, DelayedLinear):
+        raise ValueError(
+            f"export: layer {what} delays every synapse on its own; NIR's Delay node delays whole channels "
+            "(one delay per element of its input), so a per-synapse delay has no NIR equivalent"
+        )
+    shape = tuple(x.shape[1:])
+    axis = layer.dim % x.dim() - 1
+    if axis < 0:
+        raise ValueError(f"export: layer {what} has its channels on the batch dimension (dim={layer.dim})")
+    d = layer.delay.detach().to("cpu", torch.float64).clamp(0, layer.max_delay)  # as the layer reads it
+    if d.dim() == 1:
+        view = [1] * len(shape)
+        view[axis] = d.shape[0]
+        d = d.reshape(view)
+    return nir.Delay(delay=_array(d.expand(shape).clone() * dt))
+
+
+def _import_delay(name: str, node: Any, dt: float) -> Delay:
+    """A ``nir.Delay`` node as a fixed ``tt.nn.Delay``: ``delay / dt`` steps along the one axis where it varies."""
+    what = f"{name!r} (Delay)"
+    d = _f64(node.delay)
+    if not bool(torch.isfinite(d).all()):
+        raise ValueError(f"import_: node {what} has non-finite delays")
+    steps = d / dt
+    if not bool(((steps >= 0) & (steps <= _MAX_IMPORTED_DELAY)).all()):
+        raise ValueError(
+            f"import_: node {what}: delay / dt must lie in [0, {_MAX_IMPORTED_DELAY}] steps, received "
+            f"[{steps.min().item():g}, {steps.max().item():g}] with dt={dt:g}; pass the dt the graph was made for"
+        )
+    nearest = steps.round()
+    steps = torch.where((steps - nearest).abs() <= 1e-6 * nearest.clamp(min=1), nearest, steps)
+    axis, shape = _neuron_axis(what, {"delay": steps})
+    per_channel = _per_neuron(steps, axis, shape)
+    max_delay = max(1, math.ceil(per_channel.max().item()))
+    return Delay(shape[axis], max_delay, delay=per_channel.to(torch.get_default_dtype()), dim=axis - len(shape))

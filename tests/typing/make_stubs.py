@@ -157,7 +157,7 @@ def _isort_key(item: str) -> tuple[int, str]:
     """The order ruff's isort gives imported names: CONSTANTS, then Classes, then functions."""
     name = item.split(" as ")[0]
     kind = 0 if name.isupper() and len(name) > 1 else 1 if name[0].isupper() else 2
-    return kind, name
+    return kind, name.lower()
 
 
 STUBS = {

@@ -20,6 +20,17 @@ from .constraints import (
     softplus_inverse,
     timesteps_to_decay,
 )
+from .delays import (
+    DelayedLinearParams,
+    DelayParams,
+    DelayState,
+    delay_kernel,
+    delay_scan,
+    delay_step,
+    delayed_linear_scan,
+    delayed_linear_step,
+    init_delay_state,
+)
 from .neurons import NAMES, SPECS, NeuronSpec, ParamSpec, get_spec, init_params, init_state, make_step
 from .spikes import (
     QUANTIZERS,
@@ -75,6 +86,15 @@ __all__ = [
     "probabilistic_st",
     "bernoulli_from_noise",
     "probabilistic_from_noise",
+    "DelayParams",
+    "DelayState",
+    "DelayedLinearParams",
+    "init_delay_state",
+    "delay_step",
+    "delay_scan",
+    "delay_kernel",
+    "delayed_linear_step",
+    "delayed_linear_scan",
     *STEPS,
 ]
 

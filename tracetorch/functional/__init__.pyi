@@ -14,6 +14,15 @@ from .constraints import halflife_to_decay as halflife_to_decay
 from .constraints import sigmoid_inverse as sigmoid_inverse
 from .constraints import softplus_inverse as softplus_inverse
 from .constraints import timesteps_to_decay as timesteps_to_decay
+from .delays import DelayedLinearParams as DelayedLinearParams
+from .delays import DelayParams as DelayParams
+from .delays import DelayState as DelayState
+from .delays import delay_kernel as delay_kernel
+from .delays import delay_scan as delay_scan
+from .delays import delay_step as delay_step
+from .delays import delayed_linear_scan as delayed_linear_scan
+from .delays import delayed_linear_step as delayed_linear_step
+from .delays import init_delay_state as init_delay_state
 from .neurons import NAMES as NAMES
 from .neurons import SPECS as SPECS
 from .neurons import NeuronSpec as NeuronSpec
@@ -37,7 +46,7 @@ from .spikes import round_st as round_st
 from .spikes import sigmoid4x as sigmoid4x
 from .time import scan as scan
 
-__all__ = ['constraints', 'spikes', 'kernels', 'NAMES', 'SPECS', 'STEPS', 'NeuronSpec', 'ParamSpec', 'get_spec', 'get_step', 'init_params', 'init_state', 'scan', 'sigmoid_inverse', 'softplus_inverse', 'halflife_to_decay', 'decay_to_halflife', 'timesteps_to_decay', 'decay_to_timesteps', 'sigmoid4x', 'Sigmoid', 'FastSigmoid', 'Atan', 'Triangle', 'Erf', 'SPIKE_FUNCTIONS', 'QUANTIZERS', 'round_st', 'bernoulli_st', 'probabilistic_st', 'bernoulli_from_noise', 'probabilistic_from_noise', 'li_step', 'dli_step', 'sli_step', 'dsli_step', 'lib_step', 'dlib_step', 'slib_step', 'rlib_step', 'dslib_step', 'drlib_step', 'srlib_step', 'dsrlib_step', 'lit_step', 'dlit_step', 'slit_step', 'rlit_step', 'dslit_step', 'drlit_step', 'srlit_step', 'dsrlit_step', 'lits_step', 'dlits_step', 'slits_step', 'rlits_step', 'dslits_step', 'drlits_step', 'srlits_step', 'dsrlits_step']
+__all__ = ['constraints', 'spikes', 'kernels', 'NAMES', 'SPECS', 'STEPS', 'NeuronSpec', 'ParamSpec', 'get_spec', 'get_step', 'init_params', 'init_state', 'scan', 'sigmoid_inverse', 'softplus_inverse', 'halflife_to_decay', 'decay_to_halflife', 'timesteps_to_decay', 'decay_to_timesteps', 'sigmoid4x', 'Sigmoid', 'FastSigmoid', 'Atan', 'Triangle', 'Erf', 'SPIKE_FUNCTIONS', 'QUANTIZERS', 'round_st', 'bernoulli_st', 'probabilistic_st', 'bernoulli_from_noise', 'probabilistic_from_noise', 'DelayParams', 'DelayState', 'DelayedLinearParams', 'init_delay_state', 'delay_step', 'delay_scan', 'delay_kernel', 'delayed_linear_step', 'delayed_linear_scan', 'li_step', 'dli_step', 'sli_step', 'dsli_step', 'lib_step', 'dlib_step', 'slib_step', 'rlib_step', 'dslib_step', 'drlib_step', 'srlib_step', 'dsrlib_step', 'lit_step', 'dlit_step', 'slit_step', 'rlit_step', 'dslit_step', 'drlit_step', 'srlit_step', 'dsrlit_step', 'lits_step', 'dlits_step', 'slits_step', 'rlits_step', 'dslits_step', 'drlits_step', 'srlits_step', 'dsrlits_step']
 
 _Step = Callable[..., tuple[Tensor, Any]]
 

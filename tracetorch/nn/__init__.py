@@ -4,6 +4,7 @@ The 28 classes are generated from the neuron table (``tracetorch/nn/neurons.py``
 name, so static tools see them; ``tracetorch/nn/neurons.pyi`` gives their signatures.
 """
 
+from .delays import Delay, DelayedLinear
 from .layer import TTLayer
 from .model import TTModel, functional_call
 from .neurons import (
@@ -52,6 +53,8 @@ __all__ = [
     "plan",
     "stateless",
     "register_stateless",
+    "Delay",
+    "DelayedLinear",
     "LI",
     "DLI",
     "SLI",

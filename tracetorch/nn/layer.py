@@ -64,6 +64,7 @@ from torch import nn
 
 from ..functional.constraints import ACTIVATIONS, INVERSES, identity
 from ..functional.neurons import ParamSpec, check_num_neurons, check_stored, resolve_param
+from ..state.tree import _state_items
 
 __all__ = ["TTLayer", "record_type"]
 
@@ -533,15 +534,6 @@ class TTLayer(nn.Module):
         """Zero-initialise one state like ``ref`` if it is ``None`` (0.15)."""
         if self.__dict__.get(name) is None:
             object.__setattr__(self, name, torch.zeros_like(ref))
-
-
-def _state_items(value: Any) -> dict[str, Any] | None:
-    """A state given as a NamedTuple or a mapping, as a dict; ``None`` for anything else."""
-    if hasattr(value, "_asdict") and isinstance(value, tuple):
-        return dict(value._asdict())
-    if isinstance(value, Mapping):
-        return dict(value)
-    return None
 
 
 def _refresh_compiled(module: TTLayer, incompatible_keys: Any) -> None:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..state import io, tree
+from .walk import named_layers
 
 __all__ = ["TTModel", "functional_call"]
 
@@ -34,16 +35,16 @@ class TTModel(nn.Module):
 
     def tt_layers(self) -> list[tuple[str, Any]]:
         """``[(path, layer), ...]`` for every TTLayer in the model."""
-        return tree.named_layers(self)
+        return named_layers(self)
 
     def zero_states(self) -> None:
         """Forget every hidden state (each becomes ``None``, re-created lazily on the next call)."""
-        for _, layer in tree.named_layers(self):
+        for _, layer in named_layers(self):
             layer.zero_states()
 
     def detach_states(self) -> None:
         """Cut the autograd graph behind every hidden state (values unchanged): truncated BPTT / online learning."""
-        for _, layer in tree.named_layers(self):
+        for _, layer in named_layers(self):
             layer.detach_states()
 
     def get_states(self) -> dict[str, Any]:
@@ -64,12 +65,12 @@ class TTModel(nn.Module):
 
     def TTcompile(self) -> None:
         """Freeze every layer's activated params into buffers for inference (idempotent)."""
-        for _, layer in tree.named_layers(self):
+        for _, layer in named_layers(self):
             layer.TTcompile()
 
     def TTuncompile(self) -> None:
         """Undo :meth:`TTcompile`: the raw params, untouched all along, are used again (idempotent)."""
-        for _, layer in tree.named_layers(self):
+        for _, layer in named_layers(self):
             layer.TTuncompile()
 
     def run(self, xs: torch.Tensor, **kwargs: Any) -> Any:
@@ -100,7 +101,7 @@ def _add_layer_path(model: nn.Module, err: BaseException) -> None:
     if not err.args or not isinstance(err.args[0], str):
         return
     paths = {id(m): path for path, m in model.named_modules() if path}
-    paths.update((id(layer), path) for path, layer in tree.named_layers(model) if path)
+    paths.update((id(layer), path) for path, layer in named_layers(model) if path)
     found = None
     tb = err.__traceback__
     while tb is not None:
@@ -147,7 +148,7 @@ def functional_call(
         ``torch.func.stack_module_state``).
     """
     saved = tree.get_states(model)
-    layers = tree.named_layers(model)
+    layers = named_layers(model)
     try:
         if states is None:
             states = {}

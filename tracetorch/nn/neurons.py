@@ -65,6 +65,8 @@ class NeuronLayer(TTLayer):
             self.quant_fn = a["quant_fn"]
         else:
             self.__dict__.update(_spike_fn=sigmoid4x, _quant_fn=None, _quant=None)
+        self.__dict__["_tt_built"] = True
+        self._prebuild()
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in ("spike_fn", "quant_fn"):  # the properties, even for an nn.Module value
@@ -88,6 +90,7 @@ class NeuronLayer(TTLayer):
         if isinstance(value, torch.nn.Module):  # its params and buffers move with the layer, as before
             self._modules["spike_fn"] = value
         self.__dict__["_spike_fn"] = value
+        self._prebuild()
 
     @property
     def quant_fn(self) -> Any:
@@ -105,6 +108,26 @@ class NeuronLayer(TTLayer):
             raise ValueError(f"{owner}: a leaky integrator has no firing head, quant_fn does not apply")
         quant = resolve_quantizer(value, owner)
         self.__dict__.update(_quant_fn=value, _quant=quant)
+        self._prebuild()
+
+    def _prebuild(self) -> None:
+        """Start building this layer's likely kernel (CPU, its params' dtype) in the background
+        (``kernels.config.prebuild``); the first call waits for it. Once constructed, and again
+        when moved (``.to(...)``) or given another spike or quant function."""
+        if not self.__dict__.get("_tt_built") or type(self).step is not NeuronLayer.step:
+            return
+        raws = [self._raw(p.name) for p in self.spec.params]
+        if not raws or any(r.device.type != "cpu" for r in raws):
+            return
+        dtype = raws[0].dtype
+        for r in raws[1:]:
+            dtype = torch.promote_types(dtype, r.dtype)
+        kernels.prebuild(self.spec, self.spike_fn, self._scan_quant(), dtype)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> NeuronLayer:
+        super()._apply(fn, recurse)
+        self._prebuild()
+        return self
 
     def step(self, params: Any, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """The functional core's step for this layer's spec, with its spike and quant functions."""

@@ -53,6 +53,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from ..functional.time import _check_chunk, _custom_kernel, _loop, check_fast, kernels_auto, scan_spec
 from .layer import TTLayer
 from .neurons import NeuronLayer
+from .walk import named_layers
 
 __all__ = ["run", "scan_layer", "stateless", "register_stateless", "plan"]
 
@@ -109,8 +110,6 @@ def stateless(module: nn.Module) -> nn.Module:
 
 
 def _has_layers(module: nn.Module) -> bool:
-    from ..state.tree import named_layers
-
     return bool(named_layers(module))
 
 
@@ -255,8 +254,6 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
     ``None``: the whole model runs step by step. The decision for a module (e.g. a BatchNorm)
     depends on its current train/eval mode.
     """
-    from ..state.tree import named_layers
-
     chain = _chain(model)
     if chain is None or _global_hooks():
         return None
@@ -316,7 +313,9 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
     """One neuron layer over ``xs`` ``[T, ...]`` (each step shaped as the layer's per-step input).
 
     Starts from the layer's stored state (zeros if none) and stores the final state, as ``T``
-    calls of ``layer(x_t)`` would. Returns ``ys`` ``[T, ...]``. ``chunk`` has no effect.
+    calls of ``layer(x_t)`` would. Returns ``ys`` ``[T, ...]``. ``chunk`` has no effect. A layer
+    with a ``run_sequence(xs)`` method (the delay layers) runs the checked sequence through it,
+    before any kernel is tried.
     """
     if not isinstance(xs, torch.Tensor) or xs.dim() < 2:
         raise ValueError(
@@ -325,6 +324,9 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
         )
     check_fast(f"scan_layer({type(layer).__name__})", fast)
     xs = layer._prepare_input(xs, sequence=True)
+    hook = getattr(layer, "run_sequence", None)
+    if hook is not None:  # a layer that runs a sequence its own way (the delay lines): before any kernel
+        return hook(xs)
     x0 = xs[0]
     state = layer.state
     if isinstance(layer, NeuronLayer) and type(layer).step is NeuronLayer.step:
@@ -362,8 +364,6 @@ def _unaliased(state: Any, ys: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _run_plan(steps: list[tuple[str, nn.Module]], xs: torch.Tensor, fast: bool | None, chunk: int | None) -> Any:
-    from ..state.tree import named_layers
-
     inside = [[layer for _, layer in named_layers(m)] for _, m in steps]
     x: Any = xs
     for i, (kind, m) in enumerate(steps):
@@ -478,8 +478,6 @@ def run(
         Every neuron layer's state is left where ``T`` per-step calls would leave it. If the call
         fails, every state is put back as it was before it.
     """
-    from ..state.tree import named_layers
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"run: model must be an nn.Module, received {type(model).__name__}")
     if not isinstance(xs, torch.Tensor) or xs.dim() < 1:

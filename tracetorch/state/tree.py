@@ -4,7 +4,8 @@ A model's state tree is a ``dict`` from a layer's path (``"net.1"``, ``"blocks.0
 dotted form as ``named_modules``; plain lists, tuples, dicts and attributes add their index,
 key or name) to that layer's state NamedTuple, or ``None`` while the layer's state is still
 lazy. Every :class:`~tracetorch.nn.TTLayer` is found however deep it sits, exactly once
-(a shared layer under its first path).
+(a shared layer under its first path), by the walker of :mod:`tracetorch.nn.walk`: this package
+knows pytrees and files, not modules, and imports nothing from ``tracetorch.nn``.
 
 Trees are mapped with optree under the ``"tracetorch"`` namespace (:data:`NAMESPACE`); dict keys
 keep their insertion order when flattened to ``{"net.1.mem": tensor}`` by :func:`flatten`.
@@ -12,14 +13,12 @@ keep their insertion order when flattened to ``{"net.1.mem": tensor}`` by :func:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import optree
 import torch
 from torch import nn
-
-from ..nn.layer import TTLayer, _state_items
 
 __all__ = [
     "NAMESPACE",
@@ -40,7 +39,8 @@ __all__ = [
 #: The optree namespace of tracetorch's pytree node types.
 NAMESPACE = "tracetorch"
 
-_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+# the module walker, plugged in by tracetorch.nn.walk (the one place that knows what a TTLayer is)
+_WALKER: list[Callable[[nn.Module], list[tuple[str, Any]]]] = []
 
 
 def register_node(cls: type, flatten_fn: Callable, unflatten_fn: Callable) -> None:
@@ -52,45 +52,31 @@ def _join(path: str, name: Any) -> str:
     return f"{path}.{name}" if path else str(name)
 
 
-def named_layers(model: nn.Module) -> list[tuple[str, TTLayer]]:
+def _use_walker(walker: Callable[[nn.Module], list[tuple[str, Any]]]) -> None:
+    """Plug in the module walker (``tracetorch.nn.walk.named_layers`` does so when it is imported)."""
+    _WALKER[:] = [walker]
+
+
+def named_layers(model: nn.Module) -> list[tuple[str, Any]]:
     """Every TTLayer in ``model`` with its path, in definition order, each exactly once.
 
     Looks through submodules (Sequential, ModuleList, ModuleDict, ...) and through plain
     lists, tuples and dicts held as attributes, to any depth. ``model`` itself may be a TTLayer
-    (path ``""``).
+    (path ``""``). The walker itself is :func:`tracetorch.nn.walk.named_layers` (it knows the
+    layers; this package knows pytrees and files).
     """
-    found: list[tuple[str, TTLayer]] = []
-    seen: set[int] = set()
+    if not _WALKER:  # pragma: no cover - importing tracetorch imports tracetorch.nn, which plugs it in
+        raise RuntimeError("tracetorch.state.named_layers: the module walker of tracetorch.nn is not loaded")
+    return _WALKER[0](model)
 
-    def visit(obj: Any, path: str) -> None:
-        if id(obj) in seen:
-            return
-        if isinstance(obj, nn.Module):
-            seen.add(id(obj))
-            if isinstance(obj, TTLayer):
-                found.append((path, obj))
-            for name, child in obj._modules.items():
-                if child is not None:
-                    visit(child, _join(path, name))
-            states = set(getattr(obj, "_state_names", ()))
-            for name, value in vars(obj).items():
-                if (
-                    name not in _MODULE_INTERNALS
-                    and name not in states
-                    and isinstance(value, (list, tuple, dict, nn.Module))
-                ):
-                    visit(value, _join(path, name))
-        elif isinstance(obj, (list, tuple)):
-            seen.add(id(obj))
-            for i, item in enumerate(obj):
-                visit(item, _join(path, i))
-        elif isinstance(obj, dict):
-            seen.add(id(obj))
-            for key, item in obj.items():
-                visit(item, _join(path, key))
 
-    visit(model, "")
-    return found
+def _state_items(value: Any) -> dict[str, Any] | None:
+    """A state given as a NamedTuple or a mapping, as a dict; ``None`` for anything else."""
+    if hasattr(value, "_asdict") and isinstance(value, tuple):
+        return dict(value._asdict())
+    if isinstance(value, Mapping):
+        return dict(value)
+    return None
 
 
 def zero_states(model: nn.Module) -> None:
@@ -127,7 +113,7 @@ def set_states(model: nn.Module, tree: dict[str, Any], strict: bool = True) -> N
     if unexpected or missing:
         raise ValueError(f"set_states: missing layers {missing}, unexpected layers {unexpected}")
     problems: list[str] = []
-    updates: list[tuple[TTLayer, dict[str, Any] | None]] = []
+    updates: list[tuple[Any, dict[str, Any] | None]] = []
     for path, value in tree.items():
         layer = layers[path]
         if value is None:

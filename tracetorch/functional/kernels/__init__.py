@@ -15,10 +15,12 @@ How a kernel comes to be, for one ``(type, spike function, quantizer, dtype)``:
 
 Selection (:func:`kernel_reason`): the kernel path serves the 28 built-in steps with a built-in
 spike function (``Sigmoid``, ``FastSigmoid``, ``Atan``, ``Triangle``, ``Erf``) and a named quantizer,
-on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), outside
-``torch.func`` transforms. Any other pure elementwise step (a function passed to ``scan``, a
-``TTLayer`` subclass's ``step``) is traced into a kernel of its own (:mod:`.custom`); one the tracer
-cannot read runs the plain step loop, and :func:`explain` says which operation stopped it. The object API's per-step
+on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), also under
+``torch.func.vmap``, ``grad``, ``vjp``, ``jacrev`` and their compositions (the ops' vmap rule folds
+the population into the kernel's elements); forward mode (``jvp``, ``jacfwd``) runs the plain
+loop. Any other pure elementwise step (a function passed to ``scan``, a ``TTLayer`` subclass's
+``step``) is traced into a kernel of its own (:mod:`.custom`); one the tracer cannot read runs
+the plain step loop, and :func:`explain` says which operation stopped it. The object API's per-step
 calls (``layer(x)``) take a one-step kernel on the CPU from ``config.step_min_elements`` elements on.
 """
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from ..neurons import NeuronSpec, _broadcasts_to
 from .cpu import BuildError, cache_dir
@@ -52,6 +55,7 @@ __all__ = [
     "BuildError",
     "DoubleBackwardError",
     "warn_no_compiler",
+    "prebuild",
 ]
 
 
@@ -69,10 +73,17 @@ class KernelConfig:
             alone: 2K elements 0.60 / 0.49, 32K 1.18 / 1.39, 131K 1.22 / 1.25, 1M 1.68 / 2.15.
             In a model (Linear -> LIB -> Linear -> LIB per step, the GEMMs dominating): 32K
             0.95 / 1.00, 65K 0.98 / 0.98, 131K 0.97 / 1.02, 262K 1.24 / 0.98, 524K 1.18 / 1.04.
+        prebuild: a built-in layer created (or moved to another dtype) on the CPU starts building
+            its kernel in background threads at once (:func:`prebuild`), so the build runs while
+            the script loads its data instead of inside the first call; ``False`` (or
+            ``TRACETORCH_PREBUILD=0`` at import) builds on first use. Either way the first call
+            waits for the kernel, never runs the plain loop while it builds. See the docs page
+            "Performance on the CPU".
     """
 
     auto: bool = os.environ.get("TRACETORCH_FAST", "1") != "0"
     step_min_elements: int = 262144
+    prebuild: bool = os.environ.get("TRACETORCH_PREBUILD", "1") != "0"
 
 
 #: The kernel engine's settings.
@@ -105,15 +116,27 @@ def _gpu_ready() -> str | None:
     return None
 
 
+def _forward_mode_active() -> bool:
+    """Whether a forward-mode transform (``torch.func.jvp``/``jacfwd``) or a dual level is active."""
+    if fwAD._current_level >= 0:
+        return True
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+
+
 def kernel_reason(
     spec: Any, params: Any, state: Any, xs: torch.Tensor, spike_fn: Any = None, quant_fn: Any = None
 ) -> str | None:
     """Why the kernel path cannot run this call (a sentence), or ``None`` when it can.
 
-    Checks shapes, dtypes, devices, the spike function and quantizer, ``torch.func`` transforms
-    and devices; whether a C compiler is there shows when the kernel is built. ``spec`` may also
-    be any step function (then ``spike_fn`` and ``quant_fn``, if given, are its keyword
-    arguments): the reason is :func:`custom_reason`'s, the one :func:`explain` gives.
+    Checks shapes, dtypes, devices, the spike function and quantizer and forward-mode transforms;
+    whether a C compiler is there shows when the kernel is built. ``spec`` may also be any step
+    function (then ``spike_fn`` and ``quant_fn``, if given, are its keyword arguments): the
+    reason is :func:`custom_reason`'s, the one :func:`explain` gives.
     """
     if not isinstance(spec, NeuronSpec):
         kwargs = {k: v for k, v in (("spike_fn", spike_fn), ("quant_fn", quant_fn)) if v is not None}
@@ -125,8 +148,11 @@ def kernel_reason(
             "the kernels handle the built-in spike functions (Sigmoid, FastSigmoid, Atan, Triangle, Erf), "
             f"not {type(spike_fn).__name__}"
         )
-    if torch._C._are_functorch_transforms_active():
-        return "the kernels do not run under torch.func transforms (vmap, grad, ...); the plain loop does"
+    if _forward_mode_active():
+        return (
+            "the kernels have no forward-mode rule (torch.func.jvp, jacfwd, forward-mode AD); the plain "
+            "loop runs there (reverse mode, vmap and their compositions run the kernels)"
+        )
     tensors = [*params, *state, xs]
     if not all(type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors):
         return "params, state and xs must be plain tensors"
@@ -151,6 +177,27 @@ def kernel_reason(
     if not all(_broadcasts_to(p.shape, shape) for p in params):  # (torch.broadcast_shapes: 30 us a call)
         return "params must broadcast to one step of xs"
     return None
+
+
+def prebuild(spec: Any, spike_fn: Any, quant_fn: Any, dtype: torch.dtype) -> bool:
+    """Start building the CPU kernel of ``spec`` with this spike function, quantizer and dtype in
+    background threads, forward and backward at once; ``True`` when a build is running or done.
+
+    Nothing happens (``False``) when ``config.prebuild`` or ``config.auto`` is off, or the kernels
+    do not serve this combination (a custom spike function or quantizer, a dtype other than
+    float32/float64). Returns at once: the first kernel call waits for the build (the run never
+    switches paths halfway), and a failed build is reported there, as a build on first use would be
+    (the warning, then the plain loop). Nothing is built twice: a second call, or a first use while
+    the build runs, takes the same build.
+    """
+    if not (config.prebuild and config.auto) or dtype not in _CPU_DTYPES:
+        return False
+    quant, spike = quant_tag(spec, quant_fn), spike_tag(spike_fn)
+    if quant is None or (spec.fires and spike is None):
+        return False
+    # the key scan_spec asks for: the LI family has no spike function ("" when it is not a built-in)
+    get_kernel(spec.name, spike or "", quant).prebuild("float" if dtype == torch.float32 else "double")
+    return True
 
 
 def warn_no_compiler(reason: str) -> None:

@@ -1,7 +1,9 @@
 """The CPU backend: the traced step printed as C with OpenMP, built by the system compiler, cached on disk.
 
-Each kernel is one C file with two functions, ``tt_forward`` and ``tt_backward``, for one
-``(type, spike function, quantizer, dtype)``. The elements of one timestep (``S`` of them: batch
+Each kernel is two C files, one with ``tt_forward`` and one with ``tt_backward``, for one
+``(type, spike function, quantizer, dtype)``, built as two libraries at the same time (a cold
+build waits for the longer of the two, not their sum; different libraries build in parallel,
+one library is built once). The elements of one timestep (``S`` of them: batch
 times neurons) are cut into blocks; each OpenMP thread takes whole blocks and runs the entire
 time loop over its block with the state in a small array that stays in L1 cache, the loop over
 the block's elements vectorized (``#pragma omp simd``). The forward keeps the state only at
@@ -237,8 +239,15 @@ def _c_quant(quant: str, p: str, site: int) -> str:
     return fire if quant == "bernoulli" else f"({p} * {fire})"
 
 
-def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
-    """The C file of one kernel: ``tt_forward`` (and ``tt_backward`` when ``adj`` is given)."""
+def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str, part: str = "both") -> str:
+    """The C file of one kernel: ``tt_forward`` and ``tt_backward`` (``part="both"``, the backward
+    only when ``adj`` is given), or one of them alone (``part="forward"`` / ``"backward"``).
+
+    The kernels are built as two libraries, forward and backward, in parallel: a translation unit
+    each, so the first build of a process waits for the longer of the two, not for their sum.
+    """
+    if part not in ("both", "forward", "backward") or (part == "backward" and adj is None):
+        raise ValueError(f"c_source: part must be 'both', 'forward' or 'backward' (with an adjoint), received {part!r}")
     d = _dialect(real)
     ns, np_ = len(tr.state), len(tr.params)
     fwd = forward_lines(tr, d, quant, lambda kind, k: {"x": "xt[j]", "state": f"s{k}[j]", "param": f"p{k}[j]"}[kind])
@@ -293,7 +302,7 @@ def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
         "    }",
         "}",
     ]
-    if adj is None:
+    if adj is None or part == "forward":
         return head + "\n".join(fw) + "\n"
     seed = lambda e: "gyt[j]" if e[0] == "seed_y" else f"s{e[1]}[j]"  # noqa: E731 (s<k> holds the adjoint)
     bl, leaves = backward_lines(tr, adj, d, seed)
@@ -351,6 +360,8 @@ def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str) -> str:
         "    }",
         "}",
     ]
+    if part == "backward":
+        return head + "\n".join(bw) + "\n"
     return head + "\n".join(fw) + "\n\n" + "\n".join(bw) + "\n"
 
 
@@ -430,6 +441,8 @@ def _cpu_tag() -> str:
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}
+# one lock per library being built or loaded, so different libraries build at the same time
+_BUILDING: dict[str, threading.Lock] = {}
 
 
 def _build(cc: Compiler, source: str, target: Path) -> None:
@@ -438,6 +451,7 @@ def _build(cc: Compiler, source: str, target: Path) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(source)
     so_tmp = c_path[:-2] + ".so"
+    deciding = cc.openmp is None  # (two first builds may run at once: each decides for itself)
     try:
         while True:
             cmd = [cc.path, *cc.flags(), c_path, "-o", so_tmp, "-lm"]
@@ -446,7 +460,7 @@ def _build(cc: Compiler, source: str, target: Path) -> None:
                 if cc.openmp is None:
                     cc.openmp = True
                 break
-            if cc.openmp is None:  # first build: maybe the compiler has no OpenMP runtime; try without
+            if deciding and "-fopenmp" in cmd:  # first build: maybe the compiler has no OpenMP runtime; try without
                 cc.openmp = False
                 continue
             raise BuildError(f"building a tracetorch kernel with {cc.path} failed:\n{out.stderr[-2000:]}")
@@ -467,8 +481,16 @@ def load(source: str) -> ctypes.CDLL:
         lib = _LOADED.get(digest)
         if lib is not None:
             return lib
+        building = _BUILDING.setdefault(digest, threading.Lock())
+    with building:  # another thread building this same library: wait for it, then take its result
+        with _LOCK:
+            lib = _LOADED.get(digest)
+        if lib is not None:
+            return lib
         target = cache_dir() / f"tt_{digest}.so"
         if not target.exists():
             _build(cc, source, target)
-        lib = _LOADED[digest] = ctypes.CDLL(str(target))
+        lib = ctypes.CDLL(str(target))
+        with _LOCK:
+            _LOADED[digest] = lib
         return lib

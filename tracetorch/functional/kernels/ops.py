@@ -9,15 +9,23 @@ arguments, so one schema serves all 28 and ``torch.compile`` sees one opaque cal
 ``saved`` is what the forward keeps for the backward (``[0]`` when no gradient is needed): on the
 CPU ``[n_state, C, S]``, the states entering steps ``K, 2K, ...`` (checkpoints; the backward
 recomputes the steps between them, see :func:`cpu.chunk_steps`), on CUDA ``[n_state, T, S]``, the
-state after every step. The backward op is itself differentiable only into a clear error: a second
-derivative through the kernels (a gradient penalty, say) raises and says to use ``fast=False``.
+state after every step.
+
+Transforms: both ops have a ``torch.func.vmap`` rule that folds the vmapped dimension into the
+kernel's elements (one kernel call for the whole population; batched params read per member
+through the layout), so ``vmap``, ``grad``, ``vjp``, ``jacrev`` and their compositions run the
+kernels. The backward op is differentiable: its derivative recomputes the plain step
+(:func:`.plain.plain_scan`, with the kernels' own draws) with autograd, so second derivatives
+(a gradient penalty) are exact.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import dataclasses
 import math
+import os
 import threading
 from functools import cache
 from typing import Any
@@ -62,26 +70,94 @@ class Kernel:
             self.spec = SPECS[kind]
             self.traced = trace_step(self.spec, _spike_from_tag(spike))
         self.adjoint = adjoint(self.traced, quant)
-        self._libs: dict[str, Any] = {}
+        self._libs: dict[tuple[str, str], Any] = {}
+        self._pending: dict[tuple[str, str], _Pending] = {}
         self._lock = threading.Lock()
 
-    def source(self, real: str) -> str:
-        """The C source of this kernel for ``real`` (``"float"`` or ``"double"``)."""
-        return cpu.c_source(self.traced, self.adjoint, self.quant, real)
+    def source(self, real: str, part: str = "both") -> str:
+        """The C source of this kernel for ``real`` (``"float"`` or ``"double"``): both functions,
+        or one of them (``part="forward"`` / ``"backward"``, the two libraries it is built as)."""
+        return cpu.c_source(self.traced, self.adjoint, self.quant, real, part)
 
-    def lib(self, real: str) -> Any:
-        """The loaded C library for ``real``, built (or read from the disk cache) on first use."""
+    def prebuild(self, real: str) -> None:
+        """Start building (or reading from the disk cache) both libraries for ``real`` in background
+        threads, the forward and the backward at the same time; returns at once. The first call
+        that needs one waits for it (:meth:`lib`), so a run never switches from the plain loop to
+        the kernel halfway; a failed build raises there, as a build in the calling thread would."""
         with self._lock:
-            lib = self._libs.get(real)
-            if lib is None:
-                lib = cpu.load(self.source(real))
-                ptr, long_, u64, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_uint64, ctypes.c_int
-                lib.tt_forward.argtypes = [long_, long_, *[ptr] * 8, u64, int_]
-                lib.tt_forward.restype = None
-                lib.tt_backward.argtypes = [long_, long_, *[ptr] * 6, u64, *[ptr] * 5, int_]
-                lib.tt_backward.restype = None
-                self._libs[real] = lib
-            return lib
+            for part in _PARTS:
+                key = (real, part)
+                if key not in self._libs and not _live(self._pending.get(key)):
+                    self._pending[key] = _in_background(self._load, real, part)
+
+    def lib(self, real: str, part: str = "forward") -> Any:
+        """The loaded C library of ``part`` (``tt_forward`` or ``tt_backward``) for ``real``,
+        built (or read from the disk cache) on first use, both parts at once."""
+        key = (real, part)
+        while True:
+            with self._lock:
+                lib = self._libs.get(key)
+                pending = self._pending.get(key)
+            if lib is not None:
+                return lib
+            if _live(pending):
+                break
+            self.prebuild(real)
+        try:
+            lib = pending.result()
+        except BaseException:
+            with self._lock:  # a failed build is tried again by the next call, as before
+                if self._pending.get(key) is pending:
+                    del self._pending[key]
+            raise
+        with self._lock:
+            self._libs[key] = lib
+            self._pending.pop(key, None)
+        return lib
+
+    def _load(self, real: str, part: str) -> Any:
+        lib = cpu.load(self.source(real, part))
+        ptr, long_, u64, int_ = ctypes.c_void_p, ctypes.c_long, ctypes.c_uint64, ctypes.c_int
+        if part == "forward":
+            lib.tt_forward.argtypes = [long_, long_, *[ptr] * 8, u64, int_]
+            lib.tt_forward.restype = None
+        else:
+            lib.tt_backward.argtypes = [long_, long_, *[ptr] * 6, u64, *[ptr] * 5, int_]
+            lib.tt_backward.restype = None
+        return lib
+
+
+_PARTS = ("forward", "backward")
+
+
+class _Pending(concurrent.futures.Future):
+    """A build running in a background thread of this process (see :func:`_in_background`)."""
+
+    pid = 0
+
+
+def _live(pending: _Pending | None) -> bool:
+    # a child made by os.fork has none of its parent's threads: a build pending there never ends here
+    return pending is not None and pending.pid == os.getpid()
+
+
+def _in_background(fn: Any, *args: Any) -> _Pending:
+    """Run ``fn(*args)`` in a new thread; its result (or exception) in the returned future.
+
+    A plain non-daemon thread that ends with its build (no pool that would keep threads alive
+    for a later ``fork``); the interpreter waits for it at exit, so no half-built file is left.
+    """
+    fut = _Pending()
+    fut.pid = os.getpid()
+
+    def work() -> None:
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as err:  # handed to whoever waits for the library
+            fut.set_exception(err)
+
+    threading.Thread(target=work, name="tracetorch-kernel-build").start()
+    return fut
 
 
 @cache
@@ -155,7 +231,10 @@ def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save):
         gpu.forward(get_kernel(kind, spike, quant), xs, state, params, layout, seed, ys, final, saved if save else None)
         return ys, final, saved
     real = _DTYPES[xs.dtype]
-    lib = get_kernel(kind, spike, quant).lib(real)
+    kernel = get_kernel(kind, spike, quant)
+    lib = kernel.lib(real)
+    if save:  # the backward's library too, before anything runs: a failed build falls back whole
+        kernel.lib(real, "backward")
     lib.tt_forward(
         T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
         _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), cpu.threads_for(T, S, real),
@@ -182,7 +261,7 @@ def scan_backward(xs, state, params, kind, spike, quant, layout, seed, saved, gr
         )  # fmt: skip
         return gxs, gstate, gparams
     real = _DTYPES[xs.dtype]
-    lib = get_kernel(kind, spike, quant).lib(real)
+    lib = get_kernel(kind, spike, quant).lib(real, "backward")
     lib.tt_backward(
         T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
         _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
@@ -281,89 +360,303 @@ torch.library.register_autograd("tracetorch::neuron_scan", _backward, setup_cont
 
 
 class DoubleBackwardError(RuntimeError):
-    """A second derivative was asked of the fused kernels, which are first order."""
+    """Deprecated and no longer raised: second derivatives run through the kernels (their
+    backward is differentiated by recomputing the plain step). Kept so imports keep working;
+    it will be removed."""
 
 
-def _no_double_backward(ctx, *grads):
-    raise DoubleBackwardError(
-        "tracetorch kernels are first order: a second derivative (double backward, e.g. a gradient "
-        "penalty) cannot go through the fused kernel path; pass fast=False to scan/run (for per-step "
-        "calls of large layers, set tracetorch.functional.kernels.config.auto = False, or "
-        "TRACETORCH_FAST=0 for every path) to run the plain step, which torch's autograd "
-        "differentiates to any order"
+_RANDOM = ("bernoulli", "probabilistic")
+
+
+def _setup_backward(ctx, inputs, output) -> None:
+    xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final = inputs
+    ctx.meta = (kind, spike, quant, list(layout), len(state), len(params))
+    ctx.save_for_backward(xs, seed, grad_ys, *state, *params, *grad_final)
+
+
+def _second_order(meta, xs, seed, grad_ys, state, params, grad_final, g_gxs, g_gstate, g_gelem):
+    """The vjp of the backward op (the BPTT vjp of the scan at ``(grad_ys, grad_final)``) at
+    ``(g_gxs, g_gstate, g_gelem)``: ``(d xs, d state, d params, d grad_ys, d grad_final)``.
+
+    It recomputes the first vjp through the plain step with autograd (:mod:`.plain`, on the
+    kernels' own draws for the random quantizers, so it is the same function) and differentiates
+    it; under ``create_graph`` the result is differentiable again, to any order.
+    """
+    from .plain import expand_params, plain_scan_elements
+
+    kind, spike, quant, layout = meta[:4]
+    S, seed_ = xs.shape[1], _seed(seed)
+
+    def first(xs, state, params, grad_ys, grad_final):
+        def scan(xs, state, elem):
+            return plain_scan_elements(kind, spike, quant, xs, state, elem, seed_)
+
+        _, pull = torch.func.vjp(scan, xs, state, expand_params(params, list(layout), S))
+        return pull((grad_ys, grad_final))
+
+    zeros = lambda gs, ts: [torch.zeros_like(t) if g is None else g for g, t in zip(gs, ts)]
+    state, params, grad_final = list(state), list(params), list(grad_final)
+    _, pull = torch.func.vjp(first, xs, state, params, grad_ys, grad_final)
+    elem_like = [xs.new_empty(S)] * len(params)
+    cot = (zeros([g_gxs], [xs])[0], zeros(g_gstate, state), zeros(g_gelem, elem_like))
+    gxs, gstate, gparams, g_grad_ys, g_grad_final = pull(cot)
+    return gxs, list(gstate), list(gparams), g_grad_ys, list(g_grad_final)
+
+
+def _double_backward(ctx, g_gxs, g_gstate, g_gelem):
+    ns, np_ = ctx.meta[4], ctx.meta[5]
+    xs, seed, grad_ys, *rest = ctx.saved_tensors
+    state, params, grad_final = rest[:ns], rest[ns : ns + np_], rest[ns + np_ :]
+    gxs, gstate, gparams, g_grad_ys, g_grad_final = _second_order(
+        ctx.meta, xs, seed, grad_ys, state, params, grad_final, g_gxs, g_gstate, g_gelem
+    )
+    return gxs, gstate, gparams, None, None, None, None, None, None, g_grad_ys, g_grad_final
+
+
+torch.library.register_autograd("tracetorch::neuron_scan_backward", _double_backward, setup_context=_setup_backward)
+
+
+# ---- vmap: the members folded into the kernel's elements ----------------------------------------
+
+
+def _fold(t: torch.Tensor, d: int | None, P: int) -> torch.Tensor:
+    """``t`` (logical ``[..., S]``, batched at physical dim ``d`` or unbatched) as ``[..., P*S]``,
+    member ``b`` at elements ``b*S ... b*S + S - 1``."""
+    t = t.unsqueeze(-2).expand(*t.shape[:-1], P, t.shape[-1]) if d is None else t.movedim(d, -2)
+    return t.reshape(*t.shape[:-2], P * t.shape[-1])
+
+
+def _fold_params(params, dims, layout, P: int, S: int):
+    """Per-member flat params (each ``[n]`` read through ``(n, inner)``) and the layout reading
+    them over ``P*S`` folded elements: unbatched params keep theirs (element ``b*S + j`` reads as
+    ``j`` does, since ``n * inner`` divides ``S``); a batched one becomes ``[P*n]`` when it spans
+    the whole step, ``[P]`` read per member when scalar, else per element ``[P*S]``."""
+    flat, lay = [], []
+    for k, (p, d) in enumerate(zip(params, dims)):
+        n, inner = layout[2 * k], layout[2 * k + 1]
+        if d is None:
+            flat.append(p)
+            lay += [n, inner]
+            continue
+        p = p.movedim(d, 0)
+        if n * inner == S:
+            flat.append(p.reshape(P * n))
+            lay += [P * n, inner]
+        elif n == 1:
+            flat.append(p.reshape(P))
+            lay += [P, S]
+        else:
+            flat.append(p.reshape(P, 1, n, 1).expand(P, S // (n * inner), n, inner).reshape(P * S))
+            lay += [P * S, 1]
+    return flat, lay
+
+
+def _unfold(t: torch.Tensor, P: int) -> torch.Tensor:
+    return t.reshape(*t.shape[:-1], P, t.shape[-1] // P)
+
+
+def _loop_members(op, info, in_dims, args):
+    """The members one call after another, stacked at dim 0 (``randomness="same"``: every member
+    draws with the one seed, so each gets the same draws, as torch's "same" means)."""
+    outs = [op(*(_pick(a, d, b) for a, d in zip(args, in_dims))) for b in range(info.batch_size)]
+    stacked = tuple(
+        [torch.stack([o[i][k] for o in outs]) for k in range(len(first))]
+        if isinstance(first, (list, tuple))
+        else torch.stack([o[i] for o in outs])
+        for i, first in enumerate(outs[0])
+    )
+    dims = tuple([0] * len(x) if isinstance(x, list) else 0 for x in stacked)
+    return stacked, dims
+
+
+def _vmap_scan(info, in_dims, xs, state, params, kind, spike, quant, layout, seed, save, call=None):
+    call = call or neuron_scan
+    args = (xs, state, params, kind, spike, quant, layout, seed, save)
+    if quant in _RANDOM and in_dims[7] is None:
+        if info.randomness == "error":  # (torch refuses the seed's draw before this; kept as a guard)
+            raise RuntimeError("vmap: the random quantizer needs randomness='different' or 'same'")
+        return _loop_members(call, info, in_dims, args)
+    P = info.batch_size
+    seed = seed if in_dims[7] is None else seed.select(in_dims[7], 0)
+    fx = _fold(xs, in_dims[0], P)
+    fstate = [_fold(s, d, P) for s, d in zip(state, in_dims[1])]
+    fparams, flay = _fold_params(params, in_dims[2], layout, P, fx.shape[1] // P)
+    ys, final, saved = call(fx, fstate, fparams, kind, spike, quant, flay, seed, save)
+    out_saved, saved_dim = (_unfold(saved, P), 2) if saved.dim() == 3 else (saved, None)
+    return (_unfold(ys, P), [_unfold(f, P) for f in final], out_saved), (1, [0] * len(final), saved_dim)
+
+
+def _vmap_backward(info, in_dims, *args, call=None):
+    call = call or neuron_scan_backward
+    xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final = args
+    if quant in _RANDOM and in_dims[7] is None:
+        return _loop_members(call, info, in_dims, args)
+    P = info.batch_size
+    seed = seed if in_dims[7] is None else seed.select(in_dims[7], 0)
+    fx = _fold(xs, in_dims[0], P)
+    S = fx.shape[1] // P
+    fparams, flay = _fold_params(params, in_dims[2], layout, P, S)
+    gxs, gstate, gelem = call(
+        fx, [_fold(s, d, P) for s, d in zip(state, in_dims[1])], fparams, kind, spike, quant, flay, seed,
+        _fold(saved, in_dims[8], P), _fold(grad_ys, in_dims[9], P),
+        [_fold(g, d, P) for g, d in zip(grad_final, in_dims[10])],
+    )  # fmt: skip
+    return (_unfold(gxs, P), [_unfold(g, P) for g in gstate], [_unfold(g, P) for g in gelem]), (
+        1,
+        [0] * len(gstate),
+        [0] * len(gelem),
     )
 
 
-def _setup_nothing(ctx, inputs, output) -> None:
-    return None
-
-
-torch.library.register_autograd("tracetorch::neuron_scan_backward", _no_double_backward, setup_context=_setup_nothing)
-
-
 def _pick(t: Any, dim: Any, b: int) -> Any:
-    if isinstance(t, (list, tuple)):
+    if isinstance(t, (list, tuple)) and isinstance(dim, (list, tuple)):
         return [_pick(u, d, b) for u, d in zip(t, dim)]
     return t if dim is None or not isinstance(t, torch.Tensor) else t.select(dim, b)
 
 
-def _vmap_backward(info, in_dims, *args):
-    # batched gradients (vmap over the backward, e.g. jacobians or gradcheck's batched check): the
-    # members are independent backward passes, run one after the other
-    outs = [neuron_scan_backward(*(_pick(a, d, b) for a, d in zip(args, in_dims))) for b in range(info.batch_size)]
-    gxs = torch.stack([o[0] for o in outs])
-    gstate = [torch.stack([o[1][k] for o in outs]) for k in range(len(outs[0][1]))]
-    gparams = [torch.stack([o[2][k] for o in outs]) for k in range(len(outs[0][2]))]
-    return (gxs, gstate, gparams), (0, [0] * len(gstate), [0] * len(gparams))
-
-
+neuron_scan.register_vmap(_vmap_scan)
 neuron_scan_backward.register_vmap(_vmap_backward)
 
 
-class _FirstOrder(torch.autograd.Function):
-    """Identity on gradients computed by the kernels; differentiating it again raises."""
+def _transformed() -> bool:
+    return torch._C._are_functorch_transforms_active()
+
+
+def _grad_transformed() -> bool:
+    """Whether a ``torch.func`` reverse-mode transform is active (a tensor's ``requires_grad`` does
+    not show one from inside an inner ``vmap``)."""
+    if not _transformed():
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Grad for i in retrieve_all_functorch_interpreters())
+
+
+class _Scan(torch.autograd.Function):
+    """The kernels as an ``autograd.Function``: the same C (or Triton) calls as the custom ops,
+    without the dispatcher's per-call cost (it matters for the per-step calls of the object API),
+    and the path ``torch.func`` transforms take: ``setup_context`` for ``grad``/``vjp``/``jacrev``,
+    a ``vmap`` rule folding the members into the kernel's elements (:func:`_vmap_scan`).
+
+    ``forward(meta, xs [T, S], seed, *state [S], *params [n_k]) -> (ys, saved, *final)`` with
+    ``meta = (kind, spike, quant, layout, n_state, save)``.
+    """
 
     @staticmethod
-    def forward(ctx, anchor, *grads):
-        return grads
+    def forward(meta, xs, seed, *flat):
+        kind, spike, quant, layout, ns, save = meta
+        ys, final, saved = scan_forward(xs, list(flat[:ns]), list(flat[ns:]), kind, spike, quant, layout, seed, save)
+        return (ys, saved, *final)
 
     @staticmethod
-    def backward(ctx, *grads):
-        _no_double_backward(ctx)
-
-
-class _EagerScan(torch.autograd.Function):
-    """The kernels in eager mode: the same C (or Triton) calls as the custom ops, without the
-    dispatcher's per-call cost (it matters for the per-step calls of the object API)."""
-
-    @staticmethod
-    def forward(ctx, meta, xs, *flat):
-        kind, spike, quant, layout, ns, seed, save = meta
-        state, params = list(flat[:ns]), list(flat[ns:])
-        ys, final, saved = scan_forward(xs, state, params, kind, spike, quant, layout, seed, save)
+    def setup_context(ctx, inputs, output):
+        meta, xs, seed, *flat = inputs
         ctx.meta = meta
-        ctx.save_for_backward(xs, saved, *state, *params)
-        return (ys, *final)
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(xs, seed, output[1], *flat)
 
     @staticmethod
-    def backward(ctx, grad_ys, *grad_final):
-        kind, spike, quant, layout, ns, seed, _ = ctx.meta
-        xs, saved, *rest = ctx.saved_tensors
-        state, params = rest[:ns], rest[ns:]
+    def backward(ctx, grad_ys, _grad_saved, *grad_final):
+        kind, spike, quant, layout, ns, _ = ctx.meta
+        xs, seed, saved, *flat = ctx.saved_tensors
+        state, params = list(flat[:ns]), list(flat[ns:])
+        if saved.dim() != 3:
+            raise RuntimeError(
+                "tracetorch kernels: the forward ran without saving its states (no input required grad "
+                "then); run it again with gradients enabled"
+            )
         grad_ys = torch.zeros_like(xs) if grad_ys is None else grad_ys
         grad_final = [torch.zeros_like(s) if g is None else g for s, g in zip(state, grad_final)]
-        with torch.no_grad():
-            gxs, gstate, gelem = scan_backward(
-                xs, list(state), list(params), kind, spike, quant, layout, seed, saved, grad_ys, grad_final
-            )
-            grads = (gxs, *gstate, *_reduce_params(gelem, layout, xs.shape[1]))
-        if torch.is_grad_enabled():  # create_graph=True: a further backward through these must raise
-            grads = _FirstOrder.apply(torch.zeros((), requires_grad=True), *grads)
-        return (None, *grads)
+        args = (xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final)
+        if torch.is_grad_enabled() or _transformed():
+            # create_graph=True or torch.func: the differentiable, vmappable backward
+            gxs, gstate, gelem = _backward_call(*args)
+        else:
+            gxs, gstate, gelem = scan_backward(*args)
+        return (None, gxs, None, *gstate, *_reduce_params(gelem, layout, xs.shape[1]))
+
+    @staticmethod
+    def vmap(info, in_dims, meta, xs, seed, *flat):
+        kind, spike, quant, layout, ns, save = meta
+        dims = (
+            in_dims[1],
+            list(in_dims[3 : 3 + ns]),
+            list(in_dims[3 + ns :]),
+            None,
+            None,
+            None,
+            None,
+            in_dims[2],
+            None,
+        )
+        args = (xs, list(flat[:ns]), list(flat[ns:]), kind, spike, quant, layout, seed, save)
+        (ys, final, saved), (yd, fd, sd) = _vmap_scan(info, dims, *args, call=_scan_call)
+        return (ys, saved, *final), (yd, sd, *fd)
 
 
-#: ``"auto"``: eager calls take :class:`_EagerScan`, traced ones (``torch.compile``) the custom op;
-#: ``"op"``: always the custom op (the tests run both).
+class _ScanBackward(torch.autograd.Function):
+    """The backward kernel as an ``autograd.Function``, differentiable (:func:`_second_order`)
+    and vmappable (:func:`_vmap_backward`).
+
+    ``forward(meta, xs, seed, saved, grad_ys, *state, *params, *grad_final) -> (gxs, *gstate, *gelem)``
+    with ``meta = (kind, spike, quant, layout, n_state, n_params)``.
+    """
+
+    @staticmethod
+    def forward(meta, xs, seed, saved, grad_ys, *flat):
+        kind, spike, quant, layout, ns, np_ = meta
+        state, params, grad_final = list(flat[:ns]), list(flat[ns : ns + np_]), list(flat[ns + np_ :])
+        gxs, gstate, gelem = scan_backward(
+            xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final
+        )
+        return (gxs, *gstate, *gelem)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        meta, xs, seed, saved, grad_ys, *flat = inputs
+        ctx.meta = meta
+        ctx.save_for_backward(xs, seed, grad_ys, *flat)
+
+    @staticmethod
+    def backward(ctx, g_gxs, *g_rest):
+        meta = ctx.meta
+        ns, np_ = meta[4], meta[5]
+        xs, seed, grad_ys, *flat = ctx.saved_tensors
+        state, params, grad_final = flat[:ns], flat[ns : ns + np_], flat[ns + np_ :]
+        gxs, gstate, gparams, g_grad_ys, g_grad_final = _second_order(
+            meta, xs, seed, grad_ys, state, params, grad_final, g_gxs, g_rest[:ns], g_rest[ns:]
+        )
+        return (None, gxs, None, None, g_grad_ys, *gstate, *gparams, *g_grad_final)
+
+    @staticmethod
+    def vmap(info, in_dims, meta, xs, seed, saved, grad_ys, *flat):
+        kind, spike, quant, layout, ns, np_ = meta
+        dims = (
+            in_dims[1], list(in_dims[5 : 5 + ns]), list(in_dims[5 + ns : 5 + ns + np_]), None, None, None, None,
+            in_dims[2], in_dims[3], in_dims[4], list(in_dims[5 + ns + np_ :]),
+        )  # fmt: skip
+        state, params, grad_final = list(flat[:ns]), list(flat[ns : ns + np_]), list(flat[ns + np_ :])
+        args = (xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final)
+        (gxs, gstate, gelem), (xd, sd, pd) = _vmap_backward(info, dims, *args, call=_backward_call)
+        return (gxs, *gstate, *gelem), (xd, *sd, *pd)
+
+
+def _scan_call(xs, state, params, kind, spike, quant, layout, seed, save):
+    ys, saved, *final = _Scan.apply((kind, spike, quant, tuple(layout), len(state), save), xs, seed, *state, *params)
+    return ys, list(final), saved
+
+
+def _backward_call(xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final):
+    ns = len(state)
+    meta = (kind, spike, quant, tuple(layout), ns, len(params))
+    out = _ScanBackward.apply(meta, xs, seed, saved, grad_ys, *state, *params, *grad_final)
+    return out[0], list(out[1 : 1 + ns]), list(out[1 + ns :])
+
+
+#: ``"auto"``: eager calls and ``torch.func`` transforms take :class:`_Scan`, traced ones
+#: (``torch.compile``) the custom op; ``"op"``: the custom op wherever no ``torch.func`` transform
+#: is active (the tests run both).
 EAGER_PATH = {"mode": "auto"}
 
 
@@ -414,10 +707,10 @@ def scan_flat(
         seed = torch.zeros((), dtype=torch.int64)
     flat_state = [s.reshape(S) for s in state]
     # under no_grad nothing is kept for a backward (autograd.Function's needs_input_grad ignores the mode)
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in [*flat_params, *state, xs])
-    if EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling():
-        meta = (kind, spike, quant, layout, len(flat_state), seed, save)
-        ys, *final = _EagerScan.apply(meta, xs.reshape(T, S), *flat_state, *flat_params)
+    save = torch.is_grad_enabled() and (_grad_transformed() or any(t.requires_grad for t in [*flat_params, *state, xs]))
+    if _transformed() or (EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling()):
+        meta = (kind, spike, quant, tuple(layout), len(flat_state), save)
+        ys, _, *final = _Scan.apply(meta, xs.reshape(T, S), seed, *flat_state, *flat_params)
     else:
         ys, final, _ = neuron_scan(xs.reshape(T, S), flat_state, flat_params, kind, spike, quant, layout, seed, save)
     return ys.reshape(xs.shape), [f.reshape(shape) for f in final]
