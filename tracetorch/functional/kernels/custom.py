@@ -70,6 +70,8 @@ class CustomKernel:
 
 
 _REGISTRY: dict[str, Traced] = {}
+#: per kernel, one step that traced to it and its structure: the plain recomputation of second derivatives
+_STEPS: dict[str, tuple[Any, ...]] = {}
 _LOCK = threading.Lock()
 _CACHE: OrderedDict[tuple, tuple[list[Any], list[tuple[torch.Tensor, int]], CustomKernel | str]] = OrderedDict()
 _CACHE_SIZE = 256
@@ -207,6 +209,7 @@ def _trace(step: Callable[..., Any], p_leaves, p_def, s_def, n_state: int, kwarg
     kind = "custom:" + graph_key(tr, quant)
     with _LOCK:
         _REGISTRY.setdefault(kind, tr)
+        _STEPS.setdefault(kind, (step, p_def, s_def, is_tensor, consts, dict(kwargs)))
     return CustomKernel(kind, quant, s_def, is_tensor, frozenset(tr.graph.casts)), tr.graph.captured
 
 
@@ -321,6 +324,31 @@ def custom_scan(
     tensors = [p for p in p_leaves if isinstance(p, torch.Tensor)]
     ys, final = scan_flat(plan.kind, "", plan.quant, tensors, s_leaves, xs)
     return (ys, optree.tree_unflatten(plan.state_def, final)), None
+
+
+def plain_elements(
+    kind: str, quant: str, xs: torch.Tensor, state: list[torch.Tensor], params: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The plain loop of a custom kernel's step over ``xs`` ``[T, S]`` (per-element params ``[S]``):
+    what second derivatives differentiate (torch's autograd, to any order)."""
+    with _LOCK:
+        found = _STEPS.get(kind)
+    if found is None:
+        registered(kind)  # raises the clear error
+    if quant != "round":
+        raise RuntimeError(
+            "tracetorch kernels: a second derivative through a custom step that draws random spikes cannot "
+            "replay the kernel's draws in the step itself; pass fast=False to scan/run for this step"
+        )
+    step, p_def, s_def, is_tensor, consts, kwargs = found
+    it, cit = iter(params), iter(consts)
+    p = optree.tree_unflatten(p_def, [next(it) if t else next(cit) for t in is_tensor])
+    s = optree.tree_unflatten(s_def, list(state))
+    ys = []
+    for x in xs.unbind(0):
+        y, s = step(p, s, x, **kwargs)
+        ys.append(y)
+    return torch.stack(ys), optree.tree_leaves(s, namespace=NAMESPACE)
 
 
 def explain(step: Any, params: Any = None, state: Any = None, x: Any = None, **step_kwargs: Any) -> str | None:
