@@ -106,6 +106,10 @@ def _names(code: types.CodeType) -> tuple[str, ...]:
 
 def _snapshot(obj: Any, depth: int, ids: list[int], keep: list[Any], seen: set[int]) -> None:
     """Append the identities of ``obj`` and of what it can read (``depth`` levels) to ``ids``."""
+    if isinstance(obj, types.MethodType):  # made anew on every attribute access: its function and object
+        _snapshot(obj.__func__, depth, ids, keep, seen)
+        _snapshot(obj.__self__, depth, ids, keep, seen)
+        return
     if id(obj) in seen:
         return
     seen.add(id(obj))
@@ -120,9 +124,6 @@ def _snapshot(obj: Any, depth: int, ids: list[int], keep: list[Any], seen: set[i
     if isinstance(obj, functools.partial):
         for v in (obj.func, *obj.args, *obj.keywords.values()):
             _snapshot(v, depth, ids, keep, seen)
-    elif isinstance(obj, types.MethodType):
-        _snapshot(obj.__func__, depth, ids, keep, seen)
-        _snapshot(obj.__self__, depth, ids, keep, seen)
     elif isinstance(obj, types.FunctionType):
         for cell in obj.__closure__ or ():
             try:
@@ -164,6 +165,10 @@ def _snapshot(obj: Any, depth: int, ids: list[int], keep: list[Any], seen: set[i
                 if k == "_tt_version" or k in state_names or isinstance(v, torch.Tensor):
                     continue  # the layer's own states and counters: data, never read as code
                 ids.append(hash(k))
+                if isinstance(v, dict):  # a module's registries (params, buffers, hooks): by identity
+                    ids.append(id(v))
+                    keep.append(v)
+                    continue
                 _snapshot(v, nxt, ids, keep, seen)
 
 
