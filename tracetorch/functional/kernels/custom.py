@@ -380,9 +380,11 @@ def explain(step: Any, params: Any = None, state: Any = None, x: Any = None, **s
     xs = x.unsqueeze(0)
     spec = builtin_spec(step)
     if spec is not None:
+        from ..neurons import resolve_reset
         from ..spikes import sigmoid4x
         from . import kernel_reason
 
+        spec = resolve_reset(spec, step_kwargs.get("reset", "subtract"), "explain")
         return kernel_reason(
             spec, params, state, xs, step_kwargs.get("spike_fn", sigmoid4x), step_kwargs.get("quant_fn", "bernoulli")
         )

@@ -1,7 +1,7 @@
 """The kernels as ``torch.library`` custom ops, with fake (meta) kernels and autograd.
 
 Two ops, generic over every neuron type (the type, spike function and quantizer are string
-arguments, so one schema serves all 28 and ``torch.compile`` sees one opaque call per layer):
+arguments, so one schema serves every type and ``torch.compile`` sees one opaque call per layer):
 
 * ``tracetorch::neuron_scan(xs [T, S], state [S]..., params [n_p]..., ...) -> (ys, final state, saved)``
 * ``tracetorch::neuron_scan_backward(...) -> (grad xs, grad initial state, grad params per element)``
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .. import spikes
-from ..neurons import SPECS, NeuronSpec
+from ..neurons import NeuronSpec, spec_from_key
 from . import cpu
 from .trace import Traced, adjoint, builtin_spike_kind, trace_step
 
@@ -67,7 +67,7 @@ class Kernel:
             self.spec: NeuronSpec | None = None
             self.traced: Traced = registered(kind)
         else:
-            self.spec = SPECS[kind]
+            self.spec = spec_from_key(kind)
             self.traced = trace_step(self.spec, _spike_from_tag(spike))
         self.adjoint = adjoint(self.traced, quant)
         self._libs: dict[tuple[str, str], Any] = {}
@@ -685,7 +685,7 @@ def kernel_scan(
     Params broadcast to one step of ``xs``; states have its shape. Random quantizers draw their
     seed from torch's default generator, so ``torch.manual_seed`` reproduces a run.
     """
-    ys, final = scan_flat(spec.name, spike, quant, params, state, xs)
+    ys, final = scan_flat(spec.key, spike, quant, params, state, xs)
     return ys, spec.State(*final)
 
 
