@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ..functional.time import _check_chunk, _loop, check_fast, scan_spec
+from ..functional.time import _check_chunk, _custom_kernel, _loop, check_fast, kernels_auto, scan_spec
 from .layer import TTLayer
 from .neurons import NeuronLayer
 from .walk import named_layers
@@ -338,7 +338,11 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
         d = layer.dim % x0.dim() + 1
         work = layer._to_working_dim
         state = type(state)(*(work(t) for t in state))
-        ys, new = _loop(layer.step, layer.activated_params(), state, xs.movedim(d, -1), {})
+        params, xw = layer.activated_params(), xs.movedim(d, -1)
+        out = None
+        if fast is not False and (fast or kernels_auto()):  # the step traced into a kernel of its own
+            out = _custom_kernel(f"run({type(layer).__name__})", layer.step, params, state, xw, {}, fast)
+        ys, new = out if out is not None else _loop(layer.step, params, state, xw, {})
         ys = ys.movedim(-1, d)
         new = layer._state_record()(*(layer._from_working_dim(t) for t in new))
     layer._put_states(dict(zip(layer.state_names, _unaliased(new, ys))))
