@@ -31,26 +31,6 @@ from tracetorch.datasets import randman, store_recall
 MODELS = ("LIB", "ALIB", "LIB+delays")
 
 
-class ALIBStandIn(tt.TTLayer):
-    """STAND-IN until tt.nn.ALIB lands: LIB with an adaptive threshold (threshold + gain * adapt)."""
-
-    def __init__(self, n, rho):
-        super().__init__(n)
-        self.register_decay("beta", 0.9)
-        self.register_threshold("threshold", 1.0)
-        self.register_decay("rho", rho)
-        self.register_threshold("adapt_gain", 1.0)
-        self.register_state("mem", "adapt")
-
-    def step(self, p, s, x):
-        from tracetorch.functional import round_st, sigmoid4x
-
-        mem = p.beta * s.mem + x
-        theta = p.threshold + p.adapt_gain * s.adapt
-        spikes = round_st(sigmoid4x(mem - theta))
-        return spikes, s._replace(mem=mem - spikes * theta, adapt=p.rho * s.adapt + (1 - p.rho) * spikes)
-
-
 class Net(tt.TTModel):
     """``first -> hidden neurons -> Linear -> LI``; ``forward`` is a chain, so ``run`` goes layer by layer."""
 
@@ -63,7 +43,7 @@ class Net(tt.TTModel):
         else:
             first = nn.Linear(n_in, hidden)
         if kind == "ALIB":
-            neurons: nn.Module = ALIBStandIn(hidden, rho=rho)
+            neurons: nn.Module = tt.nn.ALIB(hidden, beta=0.9, rho=rho, adapt_gain=1.0, quant_fn="round")
         else:
             neurons = tt.nn.LIB(hidden, beta=0.9, quant_fn="round")
         self.net = nn.Sequential(first, neurons, nn.Linear(hidden, n_out), tt.nn.LI(n_out, beta=0.9))
