@@ -131,3 +131,11 @@ def test_timing_tasks_smoke(tmp_path):
     text = table.read_text()
     assert text.startswith("# Results\n\nkept\n") and "## Timing tasks" in text
     assert text.count("| randman | ") == 3 and text.count("| store_recall | ") == 3
+
+
+@pytest.mark.parametrize("rule", ["eprop", "ottt"])
+def test_online_stream(rule):
+    online = load_example("online_stream")
+    result = online.main(["--steps", "300", "--eval-steps", "100", "--hidden", "16", "--rule", rule, "--quiet"])
+    assert _is_fraction(result["accuracy_before"]) and _is_fraction(result["accuracy_after"])
+    assert 0 < result["online_bytes"] < result["bptt_bytes"]  # BPTT over 300 steps holds more already
