@@ -117,7 +117,7 @@ def test_api_reference_covers_every_public_name():
         ("tracetorch.state", tt.state.__all__),
     ):
         missing += [f"{module}.{n}" for n in names if f"::: {module}.{n}\n" not in api]
-    for module in ("encode", "loss", "plot", "monitoring", "nir"):
+    for module in ("encode", "loss", "plot", "monitoring", "nir", "datasets"):
         if f"::: tracetorch.{module}\n" not in api:
             missing.append(f"tracetorch.{module}")
     assert missing == []
