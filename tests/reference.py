@@ -10,7 +10,7 @@ import torch
 
 def parse(name):
     prefix, head = name.split("LI")
-    return {"dual": "D" in prefix, "syn": "S" in prefix, "rec": "R" in prefix, "head": head}
+    return {"dual": "D" in prefix, "syn": "S" in prefix, "rec": "R" in prefix, "adapt": "A" in prefix, "head": head}
 
 
 def ref_quant(kind, p):
@@ -34,8 +34,12 @@ def relu_neg(v):
     return torch.where(v <= 0, v, torch.zeros_like(v))
 
 
-def ref_step(name, P, S, x, quant="round", spike=lambda v: torch.sigmoid(4 * v)):
-    """One step of ``name``; ``P`` and ``S`` are dicts; returns ``(y, new_S)``."""
+def ref_step(name, P, S, x, quant="round", spike=lambda v: torch.sigmoid(4 * v), reset_mode="subtract"):
+    """One step of ``name``; ``P`` and ``S`` are dicts; returns ``(y, new_S)``.
+
+    ``reset_mode``: ``"subtract"`` (mem -= spikes times threshold) or ``"zero"`` (a neuron that
+    fired has its membrane multiplied by 1 - c, c the unscaled spike count of either sign).
+    """
     t = parse(name)
     S = dict(S)
     # 1. synaptic
@@ -71,28 +75,45 @@ def ref_step(name, P, S, x, quant="round", spike=lambda v: torch.sigmoid(4 * v))
     else:
         S["mem"] = P["beta"] * S["mem"] + d
         mem = S["mem"]
-    # 4. output
+    # 4. output; an A type raises its thresholds by adapt_gain * adapt (adapt from the last step)
+    if t["adapt"]:
+        raise_by = P["adapt_gain"] * S["adapt"]
+    else:
+        raise_by = 0.0
     if t["head"] == "":
         y = mem
         reset = None
     elif t["head"] == "B":
-        s = ref_quant(quant, spike(mem - P["threshold"]))
-        reset = s * P["threshold"]
+        theta = P["threshold"] + raise_by
+        s = ref_quant(quant, spike(mem - theta))
+        reset = s * theta
+        fired = s
         y = s
     else:
-        sp = ref_quant(quant, spike(mem - P["pos_threshold"]))
-        sn = -ref_quant(quant, spike(-P["neg_threshold"] - mem))
-        reset = sp * P["pos_threshold"] + sn * P["neg_threshold"]
+        pos_theta = P["pos_threshold"] + raise_by
+        neg_theta = P["neg_threshold"] + raise_by
+        sp = ref_quant(quant, spike(mem - pos_theta))
+        sn = -ref_quant(quant, spike(-neg_theta - mem))
+        reset = sp * pos_theta + sn * neg_theta
+        fired = sp - sn
         if t["head"] == "T":
             y = sp + sn
         else:
             y = sp * P["pos_scale"] + sn * P["neg_scale"]
-    if reset is not None:
+    if reset is not None and reset_mode == "zero":
+        if t["dual"]:
+            S["pos_mem"] = S["pos_mem"] * (1 - fired)
+            S["neg_mem"] = S["neg_mem"] * (1 - fired)
+        else:
+            S["mem"] = S["mem"] * (1 - fired)
+    elif reset is not None:
         if t["dual"]:
             S["pos_mem"] = S["pos_mem"] - reset / 2
             S["neg_mem"] = S["neg_mem"] - reset / 2
         else:
             S["mem"] = S["mem"] - reset
+    if t["adapt"]:
+        S["adapt"] = P["rho"] * S["adapt"] + (1 - P["rho"]) * fired
     # 5. bookkeeping
     if t["rec"]:
         S["prev_output"] = y
@@ -118,6 +139,8 @@ def ref_param_names(name):
         names += ["pos_threshold", "neg_threshold"]
     if t["head"] == "TS":
         names += ["pos_scale", "neg_scale"]
+    if t["adapt"]:
+        names += ["rho", "adapt_gain"]
     return names
 
 
@@ -134,17 +157,22 @@ def ref_state_names(name):
     if t["rec"]:
         names += both("rec") + ["prev_output"]
     names += both("mem")
+    if t["adapt"]:
+        names += ["adapt"]
     return names
 
 
 def random_params(name, n, rank, generator, dtype=torch.float64):
-    """Non-default values in range: decays in (0.3, 0.95), thresholds in (0.4, 1.5), weights in (-0.6, 0.6)."""
+    """Non-default values in range: decays in (0.3, 0.95), thresholds in (0.4, 1.5), adapt gains in
+    (0.2, 1.5), weights in (-0.6, 0.6)."""
     shape = (n,) if rank == 1 else ()
     out = {}
     for p in ref_param_names(name):
         u = torch.rand(shape, generator=generator, dtype=dtype)
-        if p.endswith(("alpha", "beta", "gamma")):
+        if p.endswith(("alpha", "beta", "gamma", "rho")):
             out[p] = 0.3 + 0.65 * u
+        elif p == "adapt_gain":
+            out[p] = 0.2 + 1.3 * u
         elif p.endswith("threshold"):
             out[p] = 0.4 + 1.1 * u
         elif p.endswith("rec_weight"):

@@ -30,12 +30,12 @@ def test_the_traceback_does_not_suggest_li():
 
 
 def test_layers_table_unknown_key():
-    with pytest.raises(KeyError, match="unknown neuron type 'LIF'; the LIF neuron is LIB here. The 28 types: LI, DLI"):
+    with pytest.raises(KeyError, match="unknown neuron type 'LIF'; the LIF neuron is LIB here. The 52 types: LI, DLI"):
         tt.nn.LAYERS["LIF"]
     with pytest.raises(KeyError, match="unknown neuron type 'lib'; the lib neuron is LIB here"):
         tt.nn.LAYERS["lib"]
     assert tt.nn.LAYERS.get("LIF") is None and "LIF" not in tt.nn.LAYERS
-    assert tt.nn.LAYERS["LIB"] is tt.nn.LIB and isinstance(tt.nn.LAYERS, dict) and len(tt.nn.LAYERS) == 28
+    assert tt.nn.LAYERS["LIB"] is tt.nn.LIB and isinstance(tt.nn.LAYERS, dict) and len(tt.nn.LAYERS) == 52
 
 
 def test_state_helpers_work_on_any_module():

@@ -41,11 +41,12 @@ def run_ref(name, P, S, xs, quant):
 
 
 def test_table_names_and_fields():
-    assert len(NAMES) == 28 and len(set(NAMES)) == 28
-    expected = ["LI", "DLI", "SLI", "DSLI"] + [
-        p + "LI" + h for h in ("B", "T", "TS") for p in ("", "D", "S", "R", "DS", "DR", "SR", "DSR")
-    ]
+    assert len(NAMES) == 52 and len(set(NAMES)) == 52
+    eight = ("", "D", "S", "R", "DS", "DR", "SR", "DSR")
+    expected = ["LI", "DLI", "SLI", "DSLI"] + [p + "LI" + h for h in ("B", "T", "TS") for p in eight]
+    expected += [p + "ALI" + h for h in ("B", "T", "TS") for p in eight]  # the A part, prefix order D S R A
     assert NAMES == expected
+    assert list(F.neurons.ADAPTIVE_NAMES) == expected[28:]
     for name in NAMES:
         spec = F.SPECS[name]
         assert spec.name == name
@@ -57,7 +58,16 @@ def test_table_names_and_fields():
 
 
 def test_defaults_follow_spec():
-    defaults = {"alpha": 0.5, "beta": 0.9, "gamma": 0.9, "threshold": 1.0, "rec_weight": 0.0, "scale": 1.0}
+    defaults = {
+        "alpha": 0.5,
+        "beta": 0.9,
+        "gamma": 0.9,
+        "threshold": 1.0,
+        "rec_weight": 0.0,
+        "scale": 1.0,
+        "rho": 0.95,
+        "adapt_gain": 1.0,
+    }
     for name in NAMES:
         params = F.init_params(name, 3)
         for field, value in params._asdict().items():
@@ -276,7 +286,8 @@ def test_init_params_and_errors():
     assert torch.equal(p.rec_weight, torch.arange(4.0))
     assert F.init_params("LIB", 2, dtype=torch.float64).beta.dtype == torch.float64
     bad = [
-        (dict(beta=1.0), ValueError, r"init_params\(LIB\): beta must be a decay in \(0, 1\), received 1.0"),
+        (dict(beta=1.5), ValueError, r"init_params\(LIB\): beta must be a decay in \(0, 1\), received 1.5"),
+        (dict(beta=torch.tensor([1.0, 1.2, 0.5, 0.5])), ValueError, r"beta must be a decay in \(0, 1\]"),
         (dict(beta=0.0), ValueError, "beta"),
         (dict(threshold=0.0), ValueError, "threshold must be a threshold > 0"),
         (dict(threshold=float("nan")), ValueError, "finite"),
@@ -288,6 +299,8 @@ def test_init_params_and_errors():
     for kwargs, exc, match in bad:
         with pytest.raises(exc, match=match):
             F.init_params("LIB", 4, **kwargs)
+    # the functional core has no raw form: a decay of exactly 1.0 (integrate-and-fire) is taken as it is
+    assert torch.equal(F.init_params("ALIB", 2, beta=1.0, rho=1.0).beta, torch.ones(2))
     with pytest.raises(ValueError, match="num_neurons"):
         F.init_params("LIB", 0)
     with pytest.raises(ValueError, match="unknown neuron type 'LIF'"):
@@ -334,3 +347,113 @@ def test_readme_lists_every_type():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for name in NAMES:
         assert f"`{name}`" in readme or f" {name} " in readme or f"`{name} " in readme or f" {name}`" in readme, name
+
+
+# ---- reset modes and integrate-and-fire (docs/maths.md, "Reset modes and integrate-and-fire") ----
+
+RESET_CASES = ["zero", "if", "if_zero"]  # hard reset; membrane decay(s) exactly 1.0 (subtract); both
+
+
+def _reset_case(name, case, **kw):
+    """A case with the membrane decays at exactly 1.0 for the IF cases, and the reset mode."""
+    P, S, xs = make_case(name, 1, **kw)
+    if case.startswith("if"):
+        for k in ("beta", "pos_beta", "neg_beta"):
+            if k in P:
+                P[k] = torch.ones_like(P[k])
+    return P, S, xs, ("zero" if case.endswith("zero") else "subtract")
+
+
+@pytest.mark.parametrize("case", RESET_CASES)
+@pytest.mark.parametrize("name", FIRING)
+def test_reset_modes_and_if_match_reference(name, case):
+    """Every firing type, forward and every gradient, against the reference's own reading of the section."""
+    P, S, xs, reset = _reset_case(name, case, steps=5)
+    leaves = [*P.values(), *S.values(), xs]
+    for t in leaves:
+        t.requires_grad_(True)
+    spec, step = F.SPECS[name], F.get_step(name)
+    params, state = spec.Params(**P), spec.State(**S)
+    ys = []
+    for x in xs:
+        y, state = step(params, state, x, quant_fn="round", reset=reset)
+        ys.append(y)
+    ys, fs = torch.stack(ys), state._asdict()
+    rS, rys = dict(S), []
+    for x in xs:
+        y, rS = ref_step(name, P, rS, x, "round", reset_mode=reset)
+        rys.append(y)
+    rys = torch.stack(rys)
+    torch.testing.assert_close(ys, rys, rtol=0, atol=1e-12)
+    for k in fs:
+        torch.testing.assert_close(fs[k], rS[k], rtol=0, atol=1e-12)
+    assert ys.abs().sum() > 0  # it fired, so the reset ran
+    w = torch.randn_like(ys)
+    loss = (ys * w).sum() + sum((v * 0.3).sum() for v in fs.values())
+    rloss = (rys * w).sum() + sum((rS[k] * 0.3).sum() for k in fs)
+    for g, rg in zip(torch.autograd.grad(loss, leaves), torch.autograd.grad(rloss, leaves)):
+        torch.testing.assert_close(g, rg, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["LIB", "DLIT", "SRLITS", "DSRLITS", "ALIB", "DALIT", "SRALITS", "DSRALITS"])
+def test_gradcheck_float64_zero_reset_and_if(name):
+    """The zero reset with an identity (smooth) quantizer and a decay of exactly 1.0, by finite differences."""
+    spec = F.SPECS[name]
+    P, S, xs, reset = _reset_case(name, "if_zero", shape=(2,), steps=3, spiky_prev=False)
+    pn, sn = list(P), list(S)
+
+    def fn(*leaves):
+        params = spec.Params(**dict(zip(pn, leaves[: len(pn)])))
+        state = spec.State(**dict(zip(sn, leaves[len(pn) : len(pn) + len(sn)])))
+        ys, state = F.scan(F.get_step(name), params, state, leaves[-1], quant_fn=lambda p: p, reset=reset, fast=False)
+        return (ys, *state)
+
+    leaves = tuple(t.clone().requires_grad_(True) for t in (*P.values(), *S.values(), xs))
+    assert torch.autograd.gradcheck(fn, leaves, check_batched_grad=True)
+
+
+def test_zero_reset_and_adaptation_by_hand():
+    # LIB, beta 0.5, threshold 1, round: 0.8 -> mem 0.8; 0.8 -> 1.2 fires: subtract leaves 0.2, zero leaves 0
+    p = F.init_params("LIB", 1, beta=0.5)
+    for reset, after in (("subtract", 0.2), ("zero", 0.0)):
+        s = F.init_state("LIB", torch.zeros(1))
+        for _ in range(2):
+            y, s = F.lib_step(p, s, torch.tensor([0.8]), quant_fn="round", reset=reset)
+        assert y.item() == 1 and s.mem.item() == pytest.approx(after)
+    # IF: beta exactly 1, nothing leaks: 0.3 per step fires on the 4th step (1.2), subtract leaves 0.2
+    p = F.init_params("LIB", 1, beta=1.0)
+    s = F.init_state("LIB", torch.zeros(1))
+    ys = []
+    for _ in range(4):
+        y, s = F.lib_step(p, s, torch.tensor([0.3]), quant_fn="round")
+        ys.append(y.item())
+    assert ys == [0, 0, 0, 1] and s.mem.item() == pytest.approx(0.2)
+    # ALIB, beta 0.5, threshold 1, rho 0.5, gain 1: step 1 x=1.5 fires (theta 1), mem 0.5, adapt 0.5;
+    # step 2 x=1.0: mem 1.25 < theta 1.5, no spike, adapt 0.25; step 3 x=1.0: mem 1.625 > 1.25 fires,
+    # mem drops by theta: 0.375
+    p = F.init_params("ALIB", 1, beta=0.5, rho=0.5)
+    s = F.init_state("ALIB", torch.zeros(1))
+    out = []
+    for x in (1.5, 1.0, 1.0):
+        y, s = F.alib_step(p, s, torch.tensor([x]), quant_fn="round")
+        out.append((y.item(), s.mem.item(), s.adapt.item()))
+    assert out == [(1.0, 0.5, 0.5), (0.0, 1.25, 0.25), (1.0, pytest.approx(0.375), pytest.approx(0.625))]
+    # ALIT: a negative spike counts in the trace too (s_pos - s_neg = 1), raising both thresholds
+    p = F.init_params("ALIT", 1, beta=0.5, rho=0.5)
+    s = F.init_state("ALIT", torch.zeros(1))
+    y, s = F.alit_step(p, s, torch.tensor([-1.5]), quant_fn="round")
+    assert y.item() == -1 and s.adapt.item() == 0.5 and s.mem.item() == pytest.approx(-0.5)
+
+
+def test_reset_argument_is_checked():
+    p, s, x = F.init_params("LIB", 2), F.init_state("LIB", torch.zeros(2)), torch.zeros(2)
+    with pytest.raises(ValueError, match=r"lib_step: reset must be one of 'subtract', 'zero', received 'hard'"):
+        F.lib_step(p, s, x, reset="hard")
+    with pytest.raises(ValueError, match="li_step: a leaky integrator has no firing head"):
+        F.li_step(F.init_params("LI", 2), F.init_state("LI", x), x, reset="zero")
+    with pytest.raises(ValueError, match=r"scan\(lib_step\): reset must be one of"):
+        F.scan(F.lib_step, p, s, torch.zeros(3, 2), reset=None)
+    spec = F.SPECS["ALIB"].with_reset("zero")
+    assert spec.name == "ALIB" and spec.key == "ALIB:zero" and spec.Params is F.SPECS["ALIB"].Params
+    with pytest.raises(ValueError, match="adaptive"):
+        F.NeuronSpec(False, False, False, "", adaptive=True)

@@ -24,6 +24,7 @@ from tracetorch.functional.kernels.ops import uniform_draws
 
 NAMES = list(F.NAMES)
 FIRING = [n for n in NAMES if F.SPECS[n].fires]
+ADAPTIVE = list(F.neurons.ADAPTIVE_NAMES)
 B, N, T = 3, 5, 6
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1.3e-6, atol=1e-5)}
 GRAD_TOL = {torch.float64: TOL[torch.float64], torch.float32: dict(rtol=1e-4, atol=1e-4)}
@@ -99,10 +100,25 @@ def test_kernel_equals_plain_loop_round(name, rank, dtype, kernel_path):
     torch.testing.assert_close(loop[0], fused[0], rtol=0, atol=0)  # every spike the same
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("rank", [1, 0])
-@pytest.mark.parametrize("quant", ["bernoulli", "probabilistic"])
-@pytest.mark.parametrize("name", FIRING)
+def _random_quant_cases():
+    """Every firing type of the 28 with each quantizer, rank and dtype; the 24 A types (whose
+    quantizer calls are those of the same type without A) with each quantizer once, one dtype
+    each, so the suite builds half as many kernels for them (every A type and dtype is built and
+    checked with "round" above)."""
+    cases = [
+        (n, q, r, d)
+        for n in FIRING
+        if not F.SPECS[n].adaptive
+        for q in ("bernoulli", "probabilistic")
+        for r in (1, 0)
+        for d in (torch.float64, torch.float32)
+    ]
+    cases += [(n, "bernoulli", 1, torch.float64) for n in ADAPTIVE]
+    cases += [(n, "probabilistic", 0, torch.float32) for n in ADAPTIVE]
+    return cases
+
+
+@pytest.mark.parametrize("name, quant, rank, dtype", _random_quant_cases())
 def test_kernel_random_quantizers_equal_plain_loop_on_the_same_draws(name, quant, rank, dtype):
     """Given the kernel's own uniform draws, the plain loop with the noise quantizers is the kernel."""
     spec, params, state, xs, w = make(name, rank, dtype, seed=1)
@@ -114,6 +130,25 @@ def test_kernel_random_quantizers_equal_plain_loop_on_the_same_draws(name, quant
     draws = uniform_draws(seed, T, B * N, sites)
     loop = run(name, params, state, xs, w, quant_fn=noisy_quant(quant, draws), fast=False)
     assert_same(loop, fused, dtype)
+
+
+@pytest.mark.parametrize("name", FIRING)
+def test_kernel_zero_reset_and_if_equal_plain_loop(name):
+    """The zero reset (its own kernel, from the same generator) and membrane decays of exactly 1.0
+    (integrate-and-fire, a param value the subtract kernel takes as it is), every firing type."""
+    spec, params, state, xs, w = make(name, 1, torch.float64, seed=2)
+    beta = {k: torch.ones_like(v).requires_grad_(True) for k, v in params._asdict().items() if k.endswith("beta")}
+    outs = {}
+    for reset, p in (("zero", params), ("zero", params._replace(**beta)), ("subtract", params._replace(**beta))):
+        loop = run(name, p, state, xs, w, quant_fn="round", reset=reset, fast=False)
+        fused = run(name, p, state, xs, w, quant_fn="round", reset=reset, fast=True)
+        assert_same(loop, fused, torch.float64)
+        torch.testing.assert_close(loop[0], fused[0], rtol=0, atol=0)
+        outs[reset, p is params] = loop
+    # the modes differ here (so each kernel was checked on a run where its reset mattered)
+    assert not all(torch.equal(a, b) for a, b in zip(outs["zero", False][1], outs["subtract", False][1]))
+    kernel = ops.get_kernel(spec.with_reset("zero").key, "Sigmoid:4.0", "round")
+    assert kernel.spec == spec.with_reset("zero") and kernel is not ops.get_kernel(spec.key, "Sigmoid:4.0", "round")
 
 
 #: one type per state count (1, 2, 3, 4, 5, 7 states): the chunk length depends on it

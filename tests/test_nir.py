@@ -270,14 +270,14 @@ UNSUPPORTED = [n for n in F.NAMES if n not in ttnir.SUPPORTED]
 
 
 def test_supported_table():
-    assert set(ttnir.SUPPORTED) == {"LI", "SLI", "LIB", "SLIB"} and len(UNSUPPORTED) == 24
+    assert set(ttnir.SUPPORTED) == {"LI", "SLI", "LIB", "SLIB"} and len(UNSUPPORTED) == 48
 
 
 @pytest.mark.parametrize("name", UNSUPPORTED)
 def test_export_refuses_types_nir_cannot_express(nir, name):
     spec = F.SPECS[name]
     layer = tt.nn.LAYERS[name](3, **({"quant_fn": "round"} if spec.fires else {}))
-    why = "dual" if spec.dual else "recurrent" if spec.recurrent else "ternary"
+    why = "adaptive" if spec.adaptive else "dual" if spec.dual else "recurrent" if spec.recurrent else "ternary"
     with pytest.raises(ValueError, match=rf"'1' \({name}\) has no exact NIR equivalent: {why}"):
         ttnir.export(nn.Sequential(nn.Linear(2, 3), layer), torch.zeros(1, 2))
 

@@ -153,7 +153,7 @@ def test_inplace_ops_downstream_agree_between_per_step_and_sequence_mode(name):
         torch.testing.assert_close(pa.grad, pb.grad)
 
 
-# ---- NaN: one behaviour for all 28 types ------------------------------------------------------------------
+# ---- NaN: one behaviour for all 52 types ------------------------------------------------------------------
 
 
 def test_dual_split_keeps_nan_and_spec_values_at_zero():

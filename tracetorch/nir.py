@@ -82,8 +82,8 @@ within ``1e-6`` (relative) of an integer taken as that integer (``3e-4 / 1e-4`` 
 ``2.9999999999999996`` in float64, ``3.0000001`` from a float32 array), others kept fractional (read by linear interpolation, which NIR leaves
 open). ``DelayedLinear`` (a delay per synapse) has no NIR node and is refused.
 
-Everything else is refused with a ``ValueError`` naming the layer and the reason: the dual
-(``D``), recurrent (``R``) and ternary (``T``/``TS``) types, a stochastic or custom quantizer, an
+Everything else is refused with a ``ValueError`` naming the layer and the reason: the adaptive
+(``A``), dual (``D``), recurrent (``R``) and ternary (``T``/``TS``) types, a stochastic or custom quantizer, an
 unknown spike function, grouped convolutions (NIR's type check reads their input channels wrongly);
 on import ``IF``/``I`` (no leak: decay 1), ``v_leak != 0``, ``v_reset != 0``, branching or
 recurrent graphs. Rank-0 params are broadcast to every neuron (NIR params have the node's full
@@ -232,6 +232,11 @@ def _trace_chain(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module
 def _neuron_refusal(layer: NeuronLayer) -> str | None:
     """Why ``layer`` has no exact NIR equivalent, or ``None`` if it has one."""
     spec = layer.spec
+    if spec.adaptive:
+        return (
+            "adaptive types (A prefix) raise their thresholds by a trace of their own spikes (state adapt, params "
+            "rho and adapt_gain); NIR has no adaptive neuron node, and its LIF/CubaLIF thresholds are constant"
+        )
     if spec.dual:
         return (
             "dual types (D prefix) split every trace into a positive and a negative copy, each with its own decay, "
@@ -249,7 +254,7 @@ def _neuron_refusal(layer: NeuronLayer) -> str | None:
             + (" and scale each polarity" if spec.firing == "TS" else "")
             + "; NIR's LIF/CubaLIF emit 0/1 from one threshold"
         )
-    if spec.name not in SUPPORTED:  # pragma: no cover - the table above covers all 28
+    if spec.name not in SUPPORTED:  # pragma: no cover - the table above covers all 52
         return "no NIR node has its dynamics"
     if spec.fires:
         q = layer.quant_fn

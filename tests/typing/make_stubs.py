@@ -1,6 +1,6 @@
 """Write the type stubs of tracetorch's generated names, from the generated objects themselves.
 
-The 28 layer classes (``tracetorch/nn/neurons.py``) and the 28 steps
+The 52 layer classes (``tracetorch/nn/neurons.py``) and the 52 steps
 (``tracetorch/functional/__init__.py``) are made at import time from the neuron table, which
 static tools cannot see. This script writes ``tracetorch/nn/neurons.pyi`` and
 ``tracetorch/functional/__init__.pyi`` from the live signatures; ``tests/test_typing.py`` checks
@@ -38,6 +38,8 @@ def _layer_init(cls) -> str:
             parts.append(f"spike_fn: {SPIKE_FN} = ...")
         elif name == "quant_fn":
             parts.append(f"quant_fn: {QUANT} = {default!r}")
+        elif name == "reset":
+            parts.append(f"reset: str = {default!r}")
         else:
             parts.append(f"{name}: {PARAM_TYPE} = {default!r}")
     return f"    def __init__({', '.join(parts)}) -> None: ..."
@@ -72,6 +74,8 @@ def neurons_stub() -> str:
         "    spec: NeuronSpec",
         f"    spike_fn: {SPIKE_FN}",
         f"    quant_fn: {QUANT} | None",
+        "    @property",
+        "    def reset(self) -> str: ...",
         "    def __init__(self, *args: Any, **kwargs: Any) -> None: ...",
         "    def step(self, params: Any, state: Any, x: Tensor) -> tuple[Tensor, Any]: ...",
     ]
@@ -138,7 +142,7 @@ def functional_stub() -> str:
     ]
     for name in steps:
         sig = inspect.signature(getattr(F, name))
-        assert list(sig.parameters) == ["params", "state", "x", "spike_fn", "quant_fn"], name
+        assert list(sig.parameters) == ["params", "state", "x", "spike_fn", "quant_fn", "reset"], name
         lines += [
             "",
             f"def {name}(",
@@ -148,6 +152,7 @@ def functional_stub() -> str:
             "    *,",
             f"    spike_fn: {SPIKE_FN} = ...,",
             f"    quant_fn: {QUANT} = {sig.parameters['quant_fn'].default!r},",
+            f"    reset: str = {sig.parameters['reset'].default!r},",
             ") -> tuple[Tensor, Any]: ...",
         ]
     return "\n".join(lines) + "\n"

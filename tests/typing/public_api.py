@@ -24,9 +24,10 @@ def functional_api() -> Tensor:
     ys, state = scan(F.dsrlits_step, F.init_params("DSRLITS", 8), F.init_state("DSRLITS", x), torch.rand(5, 4, 8))
     step = F.get_step("SLIB")
     y2, _ = step(F.init_params("SLIB", 8), F.init_state("SLIB", x), x)
-    assert F.STEPS["lib_step"] is F.lib_step and len(F.NAMES) == 28
+    assert F.STEPS["lib_step"] is F.lib_step and len(F.NAMES) == 52
+    ya, _ = F.dsralits_step(F.init_params("DSRALITS", 8), F.init_state("DSRALITS", x), x, reset="zero")
     decay: Tensor = F.halflife_to_decay(10.0)
-    return y + ys.sum(0) + y2 + decay
+    return y + ys.sum(0) + y2 + ya + decay
 
 
 class Net(tt.TTModel):
@@ -35,9 +36,10 @@ class Net(tt.TTModel):
         self.fc = nn.Linear(6, 8)
         self.lif: tt.nn.LIB = tt.nn.LIB(8, beta=0.8, threshold=torch.ones(8), quant_fn="round", spike_fn=F.Atan())
         self.readout = snn.DSRLITS(8, pos_scale=2.0, learn_pos_scale=False, dim=-1)
+        self.adaptive: tt.nn.ALIB = tt.nn.ALIB(8, rho=0.9, adapt_gain=0.5, learn_rho=False, reset="zero")
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.readout(self.lif(self.fc(x)))
+        return self.readout(self.adaptive(self.lif(self.fc(x))))
 
 
 def object_api() -> Tensor:
@@ -57,7 +59,9 @@ def object_api() -> Tensor:
         model(xs[0])
     membranes: dict[str, Tensor] = rec.membranes
     out, states = tt.functional_call(model, None, None, xs[0])
-    assert mem is not None and beta.shape == (8,) and membranes and states
+    adapt: Tensor | None = model.adaptive.adapt
+    reset: str = model.adaptive.reset
+    assert mem is not None and beta.shape == (8,) and membranes and states and adapt is not None and reset == "zero"
     return ys.sum() + out.sum() + tt.nn.run(nn.Sequential(tt.nn.LI(6)), xs).sum()
 
 

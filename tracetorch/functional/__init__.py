@@ -49,7 +49,7 @@ from .spikes import (
 )
 from .time import scan
 
-#: ``{"lib_step": step, ...}``: the 28 named pure steps.
+#: ``{"lib_step": step, ...}``: the 52 named pure steps.
 STEPS = {f"{name.lower()}_step": make_step(SPECS[name]) for name in NAMES}
 globals().update(STEPS)
 

@@ -46,7 +46,7 @@ from .spikes import round_st as round_st
 from .spikes import sigmoid4x as sigmoid4x
 from .time import scan as scan
 
-__all__ = ['constraints', 'spikes', 'kernels', 'NAMES', 'SPECS', 'STEPS', 'NeuronSpec', 'ParamSpec', 'get_spec', 'get_step', 'init_params', 'init_state', 'scan', 'sigmoid_inverse', 'softplus_inverse', 'halflife_to_decay', 'decay_to_halflife', 'timesteps_to_decay', 'decay_to_timesteps', 'sigmoid4x', 'Sigmoid', 'FastSigmoid', 'Atan', 'Triangle', 'Erf', 'SPIKE_FUNCTIONS', 'QUANTIZERS', 'round_st', 'bernoulli_st', 'probabilistic_st', 'bernoulli_from_noise', 'probabilistic_from_noise', 'DelayParams', 'DelayState', 'DelayedLinearParams', 'init_delay_state', 'delay_step', 'delay_scan', 'delay_kernel', 'delayed_linear_step', 'delayed_linear_scan', 'li_step', 'dli_step', 'sli_step', 'dsli_step', 'lib_step', 'dlib_step', 'slib_step', 'rlib_step', 'dslib_step', 'drlib_step', 'srlib_step', 'dsrlib_step', 'lit_step', 'dlit_step', 'slit_step', 'rlit_step', 'dslit_step', 'drlit_step', 'srlit_step', 'dsrlit_step', 'lits_step', 'dlits_step', 'slits_step', 'rlits_step', 'dslits_step', 'drlits_step', 'srlits_step', 'dsrlits_step']
+__all__ = ['constraints', 'spikes', 'kernels', 'NAMES', 'SPECS', 'STEPS', 'NeuronSpec', 'ParamSpec', 'get_spec', 'get_step', 'init_params', 'init_state', 'scan', 'sigmoid_inverse', 'softplus_inverse', 'halflife_to_decay', 'decay_to_halflife', 'timesteps_to_decay', 'decay_to_timesteps', 'sigmoid4x', 'Sigmoid', 'FastSigmoid', 'Atan', 'Triangle', 'Erf', 'SPIKE_FUNCTIONS', 'QUANTIZERS', 'round_st', 'bernoulli_st', 'probabilistic_st', 'bernoulli_from_noise', 'probabilistic_from_noise', 'DelayParams', 'DelayState', 'DelayedLinearParams', 'init_delay_state', 'delay_step', 'delay_scan', 'delay_kernel', 'delayed_linear_step', 'delayed_linear_scan', 'li_step', 'dli_step', 'sli_step', 'dsli_step', 'lib_step', 'dlib_step', 'slib_step', 'rlib_step', 'dslib_step', 'drlib_step', 'srlib_step', 'dsrlib_step', 'lit_step', 'dlit_step', 'slit_step', 'rlit_step', 'dslit_step', 'drlit_step', 'srlit_step', 'dsrlit_step', 'lits_step', 'dlits_step', 'slits_step', 'rlits_step', 'dslits_step', 'drlits_step', 'srlits_step', 'dsrlits_step', 'alib_step', 'dalib_step', 'salib_step', 'ralib_step', 'dsalib_step', 'dralib_step', 'sralib_step', 'dsralib_step', 'alit_step', 'dalit_step', 'salit_step', 'ralit_step', 'dsalit_step', 'dralit_step', 'sralit_step', 'dsralit_step', 'alits_step', 'dalits_step', 'salits_step', 'ralits_step', 'dsalits_step', 'dralits_step', 'sralits_step', 'dsralits_step']
 
 _Step = Callable[..., tuple[Tensor, Any]]
 
@@ -61,6 +61,7 @@ def li_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dli_step(
@@ -70,6 +71,7 @@ def dli_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def sli_step(
@@ -79,6 +81,7 @@ def sli_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dsli_step(
@@ -88,6 +91,7 @@ def dsli_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def lib_step(
@@ -97,6 +101,7 @@ def lib_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dlib_step(
@@ -106,6 +111,7 @@ def dlib_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def slib_step(
@@ -115,6 +121,7 @@ def slib_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def rlib_step(
@@ -124,6 +131,7 @@ def rlib_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dslib_step(
@@ -133,6 +141,7 @@ def dslib_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def drlib_step(
@@ -142,6 +151,7 @@ def drlib_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def srlib_step(
@@ -151,6 +161,7 @@ def srlib_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dsrlib_step(
@@ -160,6 +171,7 @@ def dsrlib_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def lit_step(
@@ -169,6 +181,7 @@ def lit_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dlit_step(
@@ -178,6 +191,7 @@ def dlit_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def slit_step(
@@ -187,6 +201,7 @@ def slit_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def rlit_step(
@@ -196,6 +211,7 @@ def rlit_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dslit_step(
@@ -205,6 +221,7 @@ def dslit_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def drlit_step(
@@ -214,6 +231,7 @@ def drlit_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def srlit_step(
@@ -223,6 +241,7 @@ def srlit_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dsrlit_step(
@@ -232,6 +251,7 @@ def dsrlit_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def lits_step(
@@ -241,6 +261,7 @@ def lits_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dlits_step(
@@ -250,6 +271,7 @@ def dlits_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def slits_step(
@@ -259,6 +281,7 @@ def slits_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def rlits_step(
@@ -268,6 +291,7 @@ def rlits_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dslits_step(
@@ -277,6 +301,7 @@ def dslits_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def drlits_step(
@@ -286,6 +311,7 @@ def drlits_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def srlits_step(
@@ -295,6 +321,7 @@ def srlits_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
 
 def dsrlits_step(
@@ -304,4 +331,245 @@ def dsrlits_step(
     *,
     spike_fn: Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def alib_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dalib_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def salib_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def ralib_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dsalib_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dralib_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def sralib_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dsralib_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def alit_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dalit_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def salit_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def ralit_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dsalit_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dralit_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def sralit_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dsralit_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def alits_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dalits_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def salits_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def ralits_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dsalits_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dralits_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def sralits_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
+) -> tuple[Tensor, Any]: ...
+
+def dsralits_step(
+    params: Any,
+    state: Any,
+    x: Tensor,
+    *,
+    spike_fn: Callable[[Tensor], Tensor] = ...,
+    quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
+    reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...

@@ -1,6 +1,7 @@
 """Parameter constraints: the activations that bind raw params, their inverses, decay helpers.
 
-Decays live in (0, 1) and are stored raw as ``logit(decay)``; thresholds live in (0, inf) and are
+Decays live in (0, 1) and are stored raw as ``logit(decay)`` (a fixed decay given as exactly 1.0,
+integrate-and-fire, is kind ``"fixed_decay"``: in (0, 1], stored as the value itself); thresholds live in (0, inf) and are
 stored raw as ``softplus_inverse(threshold)``. The helpers at the bottom convert between a decay
 and the half-life or time constant (in timesteps) it stands for.
 """
@@ -67,11 +68,19 @@ def identity(raw: torch.Tensor) -> torch.Tensor:
     return raw
 
 
+def fixed_decay_inverse(y: Number) -> torch.Tensor:
+    """The raw form of a fixed decay in (0, 1] (one that may be exactly 1.0): the value itself."""
+    t = _as_tensor(y)
+    _check((t > 0) & (t <= 1), "fixed_decay_inverse", "values in (0, 1]", y)
+    return t
+
+
 #: Activation of each kind of parameter: raw -> value (module-level functions, so layers pickle).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "decay": torch.sigmoid,
     "threshold": F.softplus,
     "free": identity,
+    "fixed_decay": identity,
 }
 
 #: Inverse of each activation: value -> raw (validating the value's range).
@@ -79,6 +88,7 @@ INVERSES: dict[str, Callable[[Number], torch.Tensor]] = {
     "decay": sigmoid_inverse,
     "threshold": softplus_inverse,
     "free": _as_tensor,
+    "fixed_decay": fixed_decay_inverse,
 }
 
 

@@ -1,7 +1,8 @@
-"""The 28 neuron types as pure step functions, built from one table of specs.
+"""The 52 neuron types as pure step functions, built from one table of specs.
 
-Every type is a :class:`NeuronSpec` ``(dual, synaptic, recurrent, firing)``; one generic step
-chains the stages of the maths page (docs/maths.md) (synaptic, recurrent, membrane, firing) as the spec says. The spec also
+Every type is a :class:`NeuronSpec` ``(dual, synaptic, recurrent, firing, adaptive)`` (plus its
+static ``reset`` mode); one generic step chains the stages of the maths page (docs/maths.md)
+(synaptic, recurrent, membrane, firing with its reset, adaptation) as the spec says. The spec also
 derives the type's name, its param names and defaults, and its state names, and owns one
 ``NamedTuple`` type for its params and one for its state (created here at import time, so they
 pickle and trace).
@@ -17,13 +18,14 @@ Conventions for every step ``step(params, state, x) -> (y, new_state)``:
   ``TypeError``/``ValueError`` for a wrong params or state type, a complex or integer input, a
   param that does not broadcast to ``x``.
 * NaN: a NaN in ``x`` (or in a state) gives NaN in ``y`` and in every state of that neuron, for
-  all 28 types and every quantizer (the dual split ``pos``/``neg`` keeps NaN); as every trace
+  all 52 types and every quantizer (the dual split ``pos``/``neg`` keeps NaN); as every trace
   decays multiplicatively, the NaN stays in the state at every later step, until the state is
   reset (``zero_states()``, a new initial state). Other neurons are unaffected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,9 +46,13 @@ __all__ = [
     "make_step",
     "init_params",
     "init_state",
+    "RESETS",
+    "ADAPTIVE_NAMES",
 ]
 
 FIRING_HEADS = ("", "B", "T", "TS")
+#: The reset modes of a firing type (docs/maths.md, "Reset modes and integrate-and-fire").
+RESETS = ("subtract", "zero")
 
 
 @dataclass(frozen=True)
@@ -75,33 +81,56 @@ def _ema(decay: torch.Tensor, trace: torch.Tensor, x: torch.Tensor) -> torch.Ten
 
 @dataclass(frozen=True)
 class NeuronSpec:
-    """Static description of a neuron type: ``D``/``S``/``R`` prefixes and firing head.
+    """Static description of a neuron type: ``D``/``S``/``R``/``A`` prefixes, firing head, reset mode.
 
-    ``firing`` is ``""`` (LI: output the membrane), ``"B"``, ``"T"`` or ``"TS"``. Recurrence
-    needs a firing head. Hashable, so it can key caches and sit in static config.
+    ``firing`` is ``""`` (LI: output the membrane), ``"B"``, ``"T"`` or ``"TS"``. Recurrence and
+    adaptation (``adaptive``: the ``A`` part, an adaptive threshold) need a firing head.
+    ``reset`` is ``"subtract"`` (the default) or ``"zero"`` (a hard reset), for firing types only;
+    it is not part of the name, and a spec with either reset shares its params and state types.
+    Hashable, so it can key caches and sit in static config.
     """
 
     dual: bool
     synaptic: bool
     recurrent: bool
     firing: str
+    adaptive: bool = False
+    reset: str = "subtract"
 
     def __post_init__(self) -> None:
         if self.firing not in FIRING_HEADS:
             raise ValueError(f"NeuronSpec: firing must be one of {FIRING_HEADS}, received {self.firing!r}")
         if self.recurrent and not self.firing:
             raise ValueError("NeuronSpec: a recurrent type needs a firing head (B, T or TS)")
+        if self.adaptive and not self.firing:
+            raise ValueError("NeuronSpec: an adaptive (A) type needs a firing head (B, T or TS)")
+        if self.reset not in RESETS:
+            raise ValueError(f"NeuronSpec: reset must be one of {RESETS}, received {self.reset!r}")
+        if self.reset != "subtract" and not self.firing:
+            raise ValueError("NeuronSpec: a leaky integrator has no firing head, so no reset to choose")
 
     @property
     def name(self) -> str:
-        """The type's name, e.g. ``DSRLITS``."""
+        """The type's name, e.g. ``DSRLITS`` or ``DSRALITS``."""
         return (
             ("D" if self.dual else "")
             + ("S" if self.synaptic else "")
             + ("R" if self.recurrent else "")
+            + ("A" if self.adaptive else "")
             + "LI"
             + self.firing
         )
+
+    @property
+    def key(self) -> str:
+        """The name plus the reset mode where it is not the default (``"LIB"``, ``"LIB:zero"``): what keys kernels."""
+        return self.name if self.reset == "subtract" else f"{self.name}:{self.reset}"
+
+    def with_reset(self, reset: str) -> NeuronSpec:
+        """This spec with reset mode ``reset`` (``"subtract"`` or ``"zero"``)."""
+        if reset == self.reset:
+            return self
+        return dataclasses.replace(self, reset=reset)
 
     @property
     def fires(self) -> bool:
@@ -128,6 +157,8 @@ class NeuronSpec:
             out += [ParamSpec("pos_scale", "free", 1.0), ParamSpec("neg_scale", "free", 1.0)]
         if self.recurrent:
             out += [ParamSpec(n, "free", 0.0) for n in self._pair("rec_weight")]
+        if self.adaptive:
+            out += [ParamSpec("rho", "decay", 0.95), ParamSpec("adapt_gain", "threshold", 1.0)]
         return tuple(out)
 
     @cached_property
@@ -144,16 +175,18 @@ class NeuronSpec:
         if self.recurrent:
             out += [*self._pair("rec"), "prev_output"]
         out += self._pair("mem")
+        if self.adaptive:
+            out.append("adapt")
         return tuple(out)
 
-    @cached_property
+    @property
     def Params(self) -> type:
-        """The NamedTuple type of this spec's (activated) params."""
+        """The NamedTuple type of this spec's (activated) params (one per name, whatever the reset)."""
         return _named_tuple(f"{self.name}Params", self.param_names)
 
-    @cached_property
+    @property
     def State(self) -> type:
-        """The NamedTuple type of this spec's state."""
+        """The NamedTuple type of this spec's state (one per name, whatever the reset)."""
         return _named_tuple(f"{self.name}State", self.state_names)
 
     def step(
@@ -165,15 +198,35 @@ class NeuronSpec:
         spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
         quant_fn: Quantizer = "bernoulli",
     ) -> tuple[torch.Tensor, Any]:
-        """One timestep of this type (docs/maths.md, "One timestep"). See :func:`make_step`."""
+        """One timestep of this type (docs/maths.md, "One timestep"), with this spec's reset. See :func:`make_step`."""
         check_step_args(self, params, state, x, f"{self.name}.step")
         return _generic_step(self, params, state, x, spike_fn, resolve_quantizer(quant_fn, self.name))
 
 
+def resolve_reset(spec: NeuronSpec, reset: Any, where: str) -> NeuronSpec:
+    """``spec`` with the reset mode ``reset``, or a ``ValueError`` naming ``where``.
+
+    ``reset`` is ``"subtract"`` or ``"zero"``; the LI family (no firing head) takes only ``"subtract"``.
+    """
+    if reset == spec.reset:
+        return spec
+    if not isinstance(reset, str) or reset not in RESETS:
+        raise ValueError(f"{where}: reset must be one of {', '.join(map(repr, RESETS))}, received {reset!r}")
+    if not spec.fires:
+        raise ValueError(f"{where}: a leaky integrator has no firing head, so no reset: reset={reset!r} does not apply")
+    return spec.with_reset(reset)
+
+
+_RECORDS: dict[str, type] = {}
+
+
 def _named_tuple(name: str, fields: tuple[str, ...]) -> type:
-    cls = NamedTuple(name, [(f, torch.Tensor) for f in fields])
-    cls.__module__ = __name__
-    globals()[name] = cls  # importable by name, so instances pickle
+    cls = _RECORDS.get(name)
+    if cls is None:
+        cls = NamedTuple(name, [(f, torch.Tensor) for f in fields])
+        cls.__module__ = __name__
+        globals()[name] = cls  # importable by name, so instances pickle
+        _RECORDS[name] = cls
     return cls
 
 
@@ -218,29 +271,48 @@ def _generic_step(spec: NeuronSpec, p: Any, s: Any, x: torch.Tensor, spike_fn, q
     else:
         mem = p.beta * s.mem + d
 
-    # 4. firing head and reset by subtraction
+    # 4. firing head (A: thresholds raised by the adaptation trace) and reset
+    if spec.adaptive:
+        lift = p.adapt_gain * s.adapt
     if not spec.firing:
         y, reset = mem, None
     elif spec.firing == "B":
-        y = quant(spike_fn(mem - p.threshold))
-        reset = y * p.threshold
+        theta = p.threshold + lift if spec.adaptive else p.threshold
+        y = quant(spike_fn(mem - theta))
+        count = y
+        reset = y * theta
     else:
-        s_pos = quant(spike_fn(mem - p.pos_threshold))
-        s_neg = -quant(spike_fn(-p.neg_threshold - mem))
-        reset = s_pos * p.pos_threshold + s_neg * p.neg_threshold
+        pos_theta = p.pos_threshold + lift if spec.adaptive else p.pos_threshold
+        neg_theta = p.neg_threshold + lift if spec.adaptive else p.neg_threshold
+        s_pos = quant(spike_fn(mem - pos_theta))
+        s_neg = -quant(spike_fn(-neg_theta - mem))
+        count = s_pos - s_neg
+        reset = s_pos * pos_theta + s_neg * neg_theta
         y = s_pos + s_neg if spec.firing == "T" else s_pos * p.pos_scale + s_neg * p.neg_scale
 
-    if dual:
-        if reset is not None:
+    if reset is not None and spec.reset == "zero":  # hard reset: a neuron that fired goes to zero
+        keep = 1.0 - count
+        if dual:
+            pos_mem, neg_mem = pos_mem * keep, neg_mem * keep
+        else:
+            mem = mem * keep
+    elif reset is not None:
+        if dual:
             half = 0.5 * reset
             pos_mem, neg_mem = pos_mem - half, neg_mem - half
+        else:
+            mem = mem - reset
+    if dual:
         new["pos_mem"], new["neg_mem"] = pos_mem, neg_mem
     else:
-        new["mem"] = mem if reset is None else mem - reset
+        new["mem"] = mem
 
     # 5. recurrent bookkeeping
     if spec.recurrent:
         new["prev_output"] = y
+    # 6. adaptation trace (A): this step's unscaled spikes, either sign counted
+    if spec.adaptive:
+        new["adapt"] = _ema(p.rho, s.adapt, count)
     return y, spec.State(**new)
 
 
@@ -284,17 +356,21 @@ def check_step_args(spec: NeuronSpec, params: Any, state: Any, x: Any, where: st
 
 def _build_specs() -> dict[str, NeuronSpec]:
     specs = [NeuronSpec(d, s, False, "") for s in (False, True) for d in (False, True)]
-    for head in ("B", "T", "TS"):
-        # the maths page's order: LIx DLIx SLIx RLIx DSLIx DRLIx SRLIx DSRLIx
-        for d, s, r in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)]:
-            specs.append(NeuronSpec(bool(d), bool(s), bool(r), head))
+    # the maths page's order: LIx DLIx SLIx RLIx DSLIx DRLIx SRLIx DSRLIx; the 28, then the 24 A types
+    eight = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1)]
+    for adaptive in (False, True):
+        for head in ("B", "T", "TS"):
+            for d, s, r in eight:
+                specs.append(NeuronSpec(bool(d), bool(s), bool(r), head, adaptive))
     return {spec.name: spec for spec in specs}
 
 
-#: Every neuron type by name, in the maths page's order (docs/maths.md).
+#: Every neuron type by name, in the maths page's order (docs/maths.md): the 28, then the 24 A types.
 SPECS: dict[str, NeuronSpec] = _build_specs()
-#: The 28 names in the maths page's order (docs/maths.md).
+#: The 52 names in the maths page's order (docs/maths.md).
 NAMES: tuple[str, ...] = tuple(SPECS)
+#: The 24 adaptive (A) types.
+ADAPTIVE_NAMES: tuple[str, ...] = tuple(n for n, spec in SPECS.items() if spec.adaptive)
 
 for _spec in SPECS.values():  # create the NamedTuple types at import time, never in traced code
     _ = (_spec.Params, _spec.State)
@@ -310,6 +386,12 @@ def get_spec(name_or_spec: str | NeuronSpec) -> NeuronSpec:
         raise ValueError(f"unknown neuron type {name_or_spec!r}; expected one of {', '.join(NAMES)}") from None
 
 
+def spec_from_key(key: str) -> NeuronSpec:
+    """The spec a :attr:`NeuronSpec.key` names (``"LIB"``, ``"LIB:zero"``)."""
+    name, _, reset = key.partition(":")
+    return SPECS[name].with_reset(reset or "subtract")
+
+
 def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
     """The named, documented pure step function of ``spec`` (what ``lib_step`` etc. are)."""
     lower = spec.name.lower()
@@ -321,9 +403,11 @@ def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
         *,
         spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
         quant_fn: Quantizer = "bernoulli",
+        reset: str = "subtract",
     ) -> tuple[torch.Tensor, Any]:
         check_step_args(spec, params, state, x, f"{lower}_step")
-        return _generic_step(spec, params, state, x, spike_fn, resolve_quantizer(quant_fn, spec.name))
+        run = resolve_reset(spec, reset, f"{lower}_step")
+        return _generic_step(run, params, state, x, spike_fn, resolve_quantizer(quant_fn, spec.name))
 
     step.__name__ = step.__qualname__ = f"{lower}_step"
     step.__module__ = "tracetorch.functional"
@@ -334,6 +418,14 @@ def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
         " mem -= s+*pos_threshold + s-*neg_threshold; y = s+ + s-.",
         "TS": "as T, and y = s+*pos_scale + s-*neg_scale (the reset uses the unscaled spikes).",
     }[spec.firing]
+    if spec.adaptive:
+        firing += (
+            " Adaptive (A): every threshold is raised by adapt_gain*adapt (adapt as after the previous step)"
+            " in the firing and the reset; then adapt = rho*adapt + (1-rho)*c, c = s (B) or s+ - s- (T, TS)."
+        )
+    if spec.fires:
+        firing += ' reset="zero" instead multiplies mem by (1 - c) (a hard reset; dual: both halves).'
+
     step.__doc__ = (
         f'One timestep of a {spec.name} neuron (docs/maths.md, "One timestep"): pure, nothing mutated.\n\n'
         f"Stages: {'dual ' if spec.dual else ''}{'synaptic -> ' if spec.synaptic else ''}"
@@ -343,7 +435,8 @@ def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
         f"    state: ``{spec.name}State({', '.join(spec.state_names)})``, each shaped like ``x``.\n"
         f"    x: input ``[..., N]``, neuron dimension last.\n"
         f"    spike_fn: distance to threshold -> firing probability (default ``sigmoid4x``).\n"
-        f'    quant_fn: ``"round"``, ``"bernoulli"`` (default), ``"probabilistic"`` or a callable.\n\n'
+        f'    quant_fn: ``"round"``, ``"bernoulli"`` (default), ``"probabilistic"`` or a callable.\n'
+        f'    reset: ``"subtract"`` (default) or ``"zero"`` (firing types only).\n\n'
         f"Returns:\n    ``(y, new_state)``: ``y`` shaped like ``x``; a new ``{spec.name}State``."
     )
     return step
@@ -357,19 +450,34 @@ def _shown(value: Any) -> str:
     return value if isinstance(value, str) else _short(value) if isinstance(value, torch.Tensor) else repr(value)
 
 
-def _constraint(kind: str) -> str | None:
-    return {"decay": "a decay in (0, 1)", "threshold": "a threshold > 0"}.get(kind)
-
-
 def _violates(kind: str, t: torch.Tensor) -> str | None:
     """What ``t`` (real floating) fails of its kind's constraint, or ``None``."""
     if not bool(torch.isfinite(t).all()):
         return "finite"
     if kind == "decay" and not bool(((t > 0) & (t < 1)).all()):
         return "a decay in (0, 1)"
+    if kind == "fixed_decay" and not bool(((t > 0) & (t <= 1)).all()):
+        return "a decay in (0, 1]"
     if kind == "threshold" and not bool((t > 0).all()):
         return "a threshold > 0"
     return None
+
+
+def has_exact_one(value: Any) -> bool:
+    """Whether a param value (float or tensor) holds exactly 1.0 somewhere (an integrate-and-fire decay)."""
+    if isinstance(value, torch.Tensor):
+        return (
+            not value.is_complex() and value.layout == torch.strided and not value.is_meta and bool((value == 1).any())
+        )
+    return _is_real_number(value) and value == 1
+
+
+def fixed_decay(pspec: ParamSpec, value: Any, learnable: bool) -> ParamSpec:
+    """``pspec`` as kind ``"fixed_decay"`` (in (0, 1], stored as the value) where a decay is fixed and
+    given as exactly 1.0 somewhere (docs/maths.md, "Reset modes and integrate-and-fire"); else ``pspec``."""
+    if pspec.kind == "decay" and not learnable and has_exact_one(value):
+        return dataclasses.replace(pspec, kind="fixed_decay")
+    return pspec
 
 
 def check_stored(owner: str, pspec: ParamSpec, value: Any, stored: torch.Tensor, what: str) -> None:
@@ -444,7 +552,13 @@ def resolve_param(
         raise TypeError(f"{owner}: {name} must be a float or a tensor, received {type(value).__name__}")
     bad = _violates(pspec.kind, t)
     if bad is not None:
-        raise _param_error(owner, name, bad, value)
+        err = _param_error(owner, name, bad, value)
+        if pspec.kind == "decay" and _violates("fixed_decay", t) is None:  # a decay of exactly 1.0
+            err = ValueError(
+                f"{err}; a decay of exactly 1.0 (no leak: integrate-and-fire) cannot be learned "
+                f"(its logit is infinite): pass learn_{name}=False to keep it fixed at 1.0"
+            )
+        raise err
     if not target.is_floating_point:
         raise TypeError(f"{owner}: {name}: dtype must be a floating dtype, received {target}")
     stored = t.to(target)
@@ -472,6 +586,7 @@ def init_params(
 
     ``values`` holds, per param ``p``: ``p=`` a float or a tensor ``[]``/``[num_neurons]`` and
     ``p_rank=`` 0 or 1 (default 1, used for floats). Returns the spec's Params NamedTuple.
+    A decay may be exactly 1.0 here (integrate-and-fire; the functional core has no raw form).
 
     >>> p = init_params("LIB", 4, beta=0.8, threshold_rank=0)
     >>> p.beta.shape, p.threshold.shape
@@ -485,7 +600,15 @@ def init_params(
     if unknown:
         raise TypeError(f"{owner}: unknown argument(s) {unknown}; {spec.name} takes {sorted(known)}")
     out = {
-        p.name: resolve_param(owner, p, num_neurons, values.get(p.name), values.get(f"{p.name}_rank", 1), dtype, device)
+        p.name: resolve_param(
+            owner,
+            fixed_decay(p, values.get(p.name), learnable=False),  # the core takes a decay of 1.0 (IF)
+            num_neurons,
+            values.get(p.name),
+            values.get(f"{p.name}_rank", 1),
+            dtype,
+            device,
+        )
         for p in spec.params
     }
     return spec.Params(**out)

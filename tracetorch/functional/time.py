@@ -1,6 +1,6 @@
 """Time loops: run a pure step over a ``[T, ...]`` sequence.
 
-:func:`scan` is the one entry point. Any pure step runs as a plain Python loop over time; the 28
+:func:`scan` is the one entry point. Any pure step runs as a plain Python loop over time; the 52
 built-in steps (``lib_step`` etc.) run through the fused kernels of
 :mod:`tracetorch.functional.kernels` where they apply: one call for the whole sequence, forward
 and BPTT backward, generated from the same step.
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .neurons import SPECS, NeuronSpec, _generic_step, check_step_args
+from .neurons import SPECS, NeuronSpec, _generic_step, check_step_args, resolve_reset
 from .spikes import Quantizer, resolve_quantizer, sigmoid4x
 
 __all__ = ["scan", "scan_spec", "builtin_spec", "check_fast"]
@@ -68,13 +68,13 @@ def scan(
         params: the step's params pytree.
         state: the initial state pytree (each leaf shaped like ``xs[0]``).
         xs: ``[T, ...]`` inputs, ``T >= 1``.
-        fast: for the 28 built-in steps: ``None`` (default) runs the fused kernel where it applies
+        fast: for the 52 built-in steps: ``None`` (default) runs the fused kernel where it applies
             (see :mod:`tracetorch.functional.kernels`) and the plain loop elsewhere, ``True``
             insists on the kernel (``ValueError`` saying why it cannot run), ``False`` always runs
             the plain loop (so does ``TRACETORCH_FAST=0`` for ``None``). Any other step runs the
             plain loop; ``fast=True`` with one is refused.
         chunk: accepted for compatibility; it has no effect (a ``FutureWarning`` says so).
-        **step_kwargs: passed to every ``step`` call (``spike_fn``, ``quant_fn`` for built-in steps).
+        **step_kwargs: passed to every ``step`` call (``spike_fn``, ``quant_fn``, ``reset`` for built-in steps).
 
     Returns:
         ``(ys, final_state)`` with ``ys`` of shape ``[T, ...]``.
@@ -87,11 +87,11 @@ def scan(
     _check_chunk("scan", chunk)
     spec = builtin_spec(step)
     if spec is not None and fast is not False:
-        unknown = sorted(set(step_kwargs) - {"spike_fn", "quant_fn"})
+        unknown = sorted(set(step_kwargs) - {"spike_fn", "quant_fn", "reset"})
         if unknown:
             raise TypeError(f"scan: {step.__name__} got unexpected keyword argument(s) {unknown}")
         return scan_spec(
-            spec,
+            resolve_reset(spec, step_kwargs.get("reset", "subtract"), f"scan({step.__name__})"),
             params,
             state,
             xs,
@@ -101,7 +101,7 @@ def scan(
         )
     if fast:
         raise ValueError(
-            f"scan: fast=True needs one of the 28 built-in steps (tracetorch.functional.lib_step, ...), "
+            f"scan: fast=True needs one of the 52 built-in steps (tracetorch.functional.lib_step, ...), "
             f"received {getattr(step, '__name__', type(step).__name__)}; torch.compile your own loop instead"
         )
     return _loop(step, params, state, xs, step_kwargs)
@@ -117,7 +117,7 @@ def scan_spec(
     quant_fn: Quantizer = "bernoulli",
     fast: bool | None = None,
 ) -> tuple[torch.Tensor, Any]:
-    """Run the built-in type ``spec`` over ``xs`` ``[T, ..., N]``: ``(ys [T, ..., N], final state)``.
+    """Run the built-in type ``spec`` (with its reset mode) over ``xs`` ``[T, ..., N]``: ``(ys [T, ..., N], final state)``.
 
     ``fast`` as in :func:`scan`. Params may be ``[]``, ``[N]`` or any shape that broadcasts to one
     step of ``xs``. The kernel path's random quantizers draw from a seed taken from torch's

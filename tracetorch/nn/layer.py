@@ -29,7 +29,7 @@ No output aliases a state: where a step returns a state tensor itself as the out
 family's ``y = mem``, the recurrent types' ``prev_output = y``), the layer hands out a copy, so an
 in-place op downstream (``nn.ReLU(inplace=True)``, ``y.clamp_()``) never rewrites the state.
 
-NaN, the same for all 28 built-in types and every quantizer: a NaN in the input gives NaN in
+NaN, the same for all 52 built-in types and every quantizer: a NaN in the input gives NaN in
 that neuron's output and in every one of its states (the recurrent traces from the next step on,
 as they read the previous output); every trace decays multiplicatively, so the NaN stays in the
 state at every later step until ``zero_states()`` (or a new state is set). Other neurons are
@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from ..functional.constraints import ACTIVATIONS, INVERSES, identity
-from ..functional.neurons import ParamSpec, check_num_neurons, check_stored, resolve_param
+from ..functional.neurons import ParamSpec, check_num_neurons, check_stored, fixed_decay, resolve_param
 from ..state.tree import _state_items
 
 __all__ = ["TTLayer", "record_type"]
@@ -106,7 +106,11 @@ class TTLayer(nn.Module):
 
     # ---- params -------------------------------------------------------------------------
     def register_decay(self, name: str, value: Any = 0.9, rank: int = 1, learnable: bool = True) -> None:
-        """Declare a decay in (0, 1): stored as ``raw_<name> = logit(value)``, read through sigmoid."""
+        """Declare a decay in (0, 1): stored as ``raw_<name> = logit(value)``, read through sigmoid.
+
+        A fixed decay (``learnable=False``) may be exactly 1.0 (integrate-and-fire): it is then
+        stored as the value itself, and stays in (0, 1].
+        """
         self._declare(ParamSpec(name, "decay", 0.9), value, rank, learnable)
 
     def register_threshold(self, name: str, value: Any = 1.0, rank: int = 1, learnable: bool = True) -> None:
@@ -132,6 +136,7 @@ class TTLayer(nn.Module):
         if not isinstance(learnable, bool):
             raise TypeError(f"{owner}: learn_{pspec.name} must be a bool, received {learnable!r}")
         value_in = value
+        pspec = fixed_decay(pspec, value, learnable)  # 1.0, fixed: integrate-and-fire, stored as the value
         value = resolve_param(owner, pspec, self.num_neurons, value, rank)
         if inverse is None:  # else 0.15-style: arbitrary inverse / activation functions
             inverse, activation = INVERSES[pspec.kind], ACTIVATIONS[pspec.kind]

@@ -1,8 +1,9 @@
-"""The 28 neuron layers, generated from the functional specs with traceTorch 0.15's signatures.
+"""The 52 neuron layers, generated from the functional specs with traceTorch 0.15's signatures.
 
 Every class is ``Cls(num_neurons, <params...>, dim=-1, <param>_rank=1..., learn_<param>=True...,
-spike_fn=sigmoid4x, quant_fn="bernoulli")`` (no ``spike_fn``/``quant_fn`` for the LI family),
-with the params in the spec's order: alphas, betas, gammas, thresholds, scales, rec weights.
+spike_fn=sigmoid4x, quant_fn="bernoulli", reset="subtract")`` (no ``spike_fn``/``quant_fn``/``reset``
+for the LI family), with the params in the spec's order: alphas, betas, gammas, thresholds, scales,
+rec weights, then the A types' ``rho`` and ``adapt_gain``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def _signature(spec: core.NeuronSpec) -> inspect.Signature:
     if spec.fires:
         params.append(_P("spike_fn", _P.POSITIONAL_OR_KEYWORD, default=sigmoid4x))
         params.append(_P("quant_fn", _P.POSITIONAL_OR_KEYWORD, default="bernoulli"))
+        params.append(_P("reset", _P.POSITIONAL_OR_KEYWORD, default="subtract", annotation=str))
     return inspect.Signature(params)
 
 
@@ -50,6 +52,8 @@ class NeuronLayer(TTLayer):
         bound.apply_defaults()
         a = bound.arguments
         super().__init__(a["num_neurons"], a["dim"])
+        if self.spec.fires and a["reset"] != "subtract":  # the instance's spec carries its reset mode
+            self.spec = core.resolve_reset(self.spec, a["reset"], cls.__name__)
         for p in self.spec.params:
             rank = a[f"{p.name}_rank"]
             if isinstance(rank, bool) or rank not in (0, 1):
@@ -73,6 +77,11 @@ class NeuronLayer(TTLayer):
             object.__setattr__(self, name, value)
             return
         super().__setattr__(name, value)
+
+    @property
+    def reset(self) -> str:
+        """The reset mode, ``"subtract"`` or ``"zero"`` (static config, fixed at construction)."""
+        return self.spec.reset
 
     @property
     def spike_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -195,6 +204,8 @@ class NeuronLayer(TTLayer):
             out += (
                 f", spike_fn={getattr(self.spike_fn, '__name__', None) or self.spike_fn!r}, quant_fn={self.quant_fn!r}"
             )
+            if self.spec.reset != "subtract":
+                out += f", reset={self.spec.reset!r}"
         return out
 
 
@@ -206,10 +217,12 @@ def _make_layer(spec: core.NeuronSpec) -> type:
         "T": "ternary spikes {-1, 0, 1}",
         "TS": "ternary spikes scaled per polarity",
     }[spec.firing]
+    maths = '"One timestep" and "Adaptation"' if spec.adaptive else '"One timestep"'
     doc = (
         f"{spec.name}: {'dual ' if spec.dual else ''}{'synaptic ' if spec.synaptic else ''}"
-        f"{'recurrent ' if spec.recurrent else ''}{head}. One timestep per call.\n\n"
-        f'Maths: docs/maths.md, "One timestep"; the pure form is ``tracetorch.functional.{spec.name.lower()}_step``.\n\n'
+        f"{'recurrent ' if spec.recurrent else ''}{'adaptive-threshold ' if spec.adaptive else ''}{head}. "
+        "One timestep per call.\n\n"
+        f"Maths: docs/maths.md, {maths}; the pure form is ``tracetorch.functional.{spec.name.lower()}_step``.\n\n"
         f"Params (activated, ``layer.<name>``; stored raw as ``raw_<name>``): "
         + ", ".join(f"{p.name} ({p.kind}, default {p.default})" for p in spec.params)
         + f".\nStates (input layout, ``None`` until the first call): {', '.join(spec.state_names)}.\n\n"
@@ -221,11 +234,13 @@ def _make_layer(spec: core.NeuronSpec) -> type:
         + (
             "    spike_fn: distance to threshold -> firing probability (default sigmoid4x).\n"
             "    quant_fn: 'round', 'bernoulli' (default), 'probabilistic' or a callable.\n"
+            "    reset: 'subtract' (default: mem -= spikes*threshold) or 'zero' (hard reset: mem *= 1 - spikes).\n"
             if spec.fires
             else ""
         )
         + "\nShape: input ``[..., num_neurons (at dim), ...]`` -> output of the same shape."
     )
+
     def __init__(self: NeuronLayer, *args: Any, **kwargs: Any) -> None:
         NeuronLayer.__init__(self, *args, **kwargs)
 
@@ -255,7 +270,10 @@ ALIASES = {
     "Leaky": "LIB",
     "LIFCell": "LIB",
     "LIFNode": "LIB",
-    "IF": "LIB (with beta close to 1)",
+    "IF": "LIB with beta=1.0, learn_beta=False",
+    "ALIF": "ALIB",
+    "LSNN": "ALIB",
+    "AdaptiveLIF": "ALIB",
     "Synaptic": "SLIB",
     "CubaLIF": "SLIB",
     "LIFBoxCell": "LIB",
@@ -267,12 +285,12 @@ ALIASES = {
 
 
 def unknown_type_message(name: object) -> str:
-    """The message for an unknown layer name: what it is called here, if we know, and the 28 names."""
+    """The message for an unknown layer name: what it is called here, if we know, and the 52 names."""
     hint = ALIASES.get(name) if isinstance(name, str) else None
     if hint is None and isinstance(name, str):
         hint = next((n for n in core.NAMES if n.lower() == name.lower()), None)
     said = f"; the {name} neuron is {hint} here" if hint else ""
-    return f"unknown neuron type {name!r}{said}. The 28 types: {', '.join(core.NAMES)} (docs/maths.md, 'Names')"
+    return f"unknown neuron type {name!r}{said}. The {len(core.NAMES)} types: {', '.join(core.NAMES)} (docs/maths.md, 'Names')"
 
 
 class LayerTable(dict):
@@ -282,6 +300,6 @@ class LayerTable(dict):
         raise KeyError(unknown_type_message(key))
 
 
-#: ``{"LIB": LIB, ...}``: the 28 layer classes in the maths page's order (docs/maths.md, "Names").
+#: ``{"LIB": LIB, ...}``: the 52 layer classes in the maths page's order (docs/maths.md, "Names").
 LAYERS: LayerTable = LayerTable((name, _make_layer(spec)) for name, spec in core.SPECS.items())
 globals().update(LAYERS)

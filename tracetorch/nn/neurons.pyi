@@ -8,7 +8,7 @@ from torch import Tensor
 from ..functional.neurons import NeuronSpec
 from .layer import TTLayer
 
-__all__ = ['NeuronLayer', 'LAYERS', 'LI', 'DLI', 'SLI', 'DSLI', 'LIB', 'DLIB', 'SLIB', 'RLIB', 'DSLIB', 'DRLIB', 'SRLIB', 'DSRLIB', 'LIT', 'DLIT', 'SLIT', 'RLIT', 'DSLIT', 'DRLIT', 'SRLIT', 'DSRLIT', 'LITS', 'DLITS', 'SLITS', 'RLITS', 'DSLITS', 'DRLITS', 'SRLITS', 'DSRLITS']
+__all__ = ['NeuronLayer', 'LAYERS', 'LI', 'DLI', 'SLI', 'DSLI', 'LIB', 'DLIB', 'SLIB', 'RLIB', 'DSLIB', 'DRLIB', 'SRLIB', 'DSRLIB', 'LIT', 'DLIT', 'SLIT', 'RLIT', 'DSLIT', 'DRLIT', 'SRLIT', 'DSRLIT', 'LITS', 'DLITS', 'SLITS', 'RLITS', 'DSLITS', 'DRLITS', 'SRLITS', 'DSRLITS', 'ALIB', 'DALIB', 'SALIB', 'RALIB', 'DSALIB', 'DRALIB', 'SRALIB', 'DSRALIB', 'ALIT', 'DALIT', 'SALIT', 'RALIT', 'DSALIT', 'DRALIT', 'SRALIT', 'DSRALIT', 'ALITS', 'DALITS', 'SALITS', 'RALITS', 'DSALITS', 'DRALITS', 'SRALITS', 'DSRALITS']
 
 ALIASES: dict[str, str]
 
@@ -23,6 +23,8 @@ class NeuronLayer(TTLayer):
     spec: NeuronSpec
     spike_fn: Callable[[Tensor], Tensor]
     quant_fn: str | Callable[[Tensor], Tensor] | None
+    @property
+    def reset(self) -> str: ...
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
     def step(self, params: Any, state: Any, x: Tensor) -> tuple[Tensor, Any]: ...
 
@@ -71,7 +73,7 @@ class LIB(NeuronLayer):
     raw_beta: Tensor
     raw_threshold: Tensor
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, threshold_rank: int = 1, learn_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, threshold_rank: int = 1, learn_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DLIB(NeuronLayer):
     pos_beta: Tensor
@@ -82,7 +84,7 @@ class DLIB(NeuronLayer):
     raw_threshold: Tensor
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class SLIB(NeuronLayer):
     alpha: Tensor
@@ -93,7 +95,7 @@ class SLIB(NeuronLayer):
     raw_threshold: Tensor
     syn: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, threshold_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, threshold_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class RLIB(NeuronLayer):
     beta: Tensor
@@ -107,7 +109,7 @@ class RLIB(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DSLIB(NeuronLayer):
     pos_alpha: Tensor
@@ -124,7 +126,7 @@ class DSLIB(NeuronLayer):
     neg_syn: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DRLIB(NeuronLayer):
     pos_beta: Tensor
@@ -146,7 +148,7 @@ class DRLIB(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class SRLIB(NeuronLayer):
     alpha: Tensor
@@ -163,7 +165,7 @@ class SRLIB(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DSRLIB(NeuronLayer):
     pos_alpha: Tensor
@@ -191,7 +193,7 @@ class DSRLIB(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class LIT(NeuronLayer):
     beta: Tensor
@@ -201,7 +203,7 @@ class LIT(NeuronLayer):
     raw_pos_threshold: Tensor
     raw_neg_threshold: Tensor
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DLIT(NeuronLayer):
     pos_beta: Tensor
@@ -214,7 +216,7 @@ class DLIT(NeuronLayer):
     raw_neg_threshold: Tensor
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class SLIT(NeuronLayer):
     alpha: Tensor
@@ -227,7 +229,7 @@ class SLIT(NeuronLayer):
     raw_neg_threshold: Tensor
     syn: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class RLIT(NeuronLayer):
     beta: Tensor
@@ -243,7 +245,7 @@ class RLIT(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DSLIT(NeuronLayer):
     pos_alpha: Tensor
@@ -262,7 +264,7 @@ class DSLIT(NeuronLayer):
     neg_syn: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DRLIT(NeuronLayer):
     pos_beta: Tensor
@@ -286,7 +288,7 @@ class DRLIT(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class SRLIT(NeuronLayer):
     alpha: Tensor
@@ -305,7 +307,7 @@ class SRLIT(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DSRLIT(NeuronLayer):
     pos_alpha: Tensor
@@ -335,7 +337,7 @@ class DSRLIT(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class LITS(NeuronLayer):
     beta: Tensor
@@ -349,7 +351,7 @@ class LITS(NeuronLayer):
     raw_pos_scale: Tensor
     raw_neg_scale: Tensor
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DLITS(NeuronLayer):
     pos_beta: Tensor
@@ -366,7 +368,7 @@ class DLITS(NeuronLayer):
     raw_neg_scale: Tensor
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class SLITS(NeuronLayer):
     alpha: Tensor
@@ -383,7 +385,7 @@ class SLITS(NeuronLayer):
     raw_neg_scale: Tensor
     syn: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class RLITS(NeuronLayer):
     beta: Tensor
@@ -403,7 +405,7 @@ class RLITS(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DSLITS(NeuronLayer):
     pos_alpha: Tensor
@@ -426,7 +428,7 @@ class DSLITS(NeuronLayer):
     neg_syn: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DRLITS(NeuronLayer):
     pos_beta: Tensor
@@ -454,7 +456,7 @@ class DRLITS(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class SRLITS(NeuronLayer):
     alpha: Tensor
@@ -477,7 +479,7 @@ class SRLITS(NeuronLayer):
     rec: Tensor | None
     prev_output: Tensor | None
     mem: Tensor | None
-    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
 
 class DSRLITS(NeuronLayer):
     pos_alpha: Tensor
@@ -511,4 +513,572 @@ class DSRLITS(NeuronLayer):
     prev_output: Tensor | None
     pos_mem: Tensor | None
     neg_mem: Tensor | None
-    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli') -> None: ...
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class ALIB(NeuronLayer):
+    beta: Tensor
+    threshold: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_beta: Tensor
+    raw_threshold: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, threshold_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_beta: bool = True, learn_threshold: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DALIB(NeuronLayer):
+    pos_beta: Tensor
+    neg_beta: Tensor
+    threshold: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_threshold: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class SALIB(NeuronLayer):
+    alpha: Tensor
+    beta: Tensor
+    threshold: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_alpha: Tensor
+    raw_beta: Tensor
+    raw_threshold: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    syn: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, threshold_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_threshold: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class RALIB(NeuronLayer):
+    beta: Tensor
+    gamma: Tensor
+    threshold: Tensor
+    rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_beta: Tensor
+    raw_gamma: Tensor
+    raw_threshold: Tensor
+    raw_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    rec: Tensor | None
+    prev_output: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DSALIB(NeuronLayer):
+    pos_alpha: Tensor
+    neg_alpha: Tensor
+    pos_beta: Tensor
+    neg_beta: Tensor
+    threshold: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_alpha: Tensor
+    raw_neg_alpha: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_threshold: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_syn: Tensor | None
+    neg_syn: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, threshold_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_threshold: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DRALIB(NeuronLayer):
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_gamma: Tensor
+    neg_gamma: Tensor
+    threshold: Tensor
+    pos_rec_weight: Tensor
+    neg_rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_gamma: Tensor
+    raw_neg_gamma: Tensor
+    raw_threshold: Tensor
+    raw_pos_rec_weight: Tensor
+    raw_neg_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_rec: Tensor | None
+    neg_rec: Tensor | None
+    prev_output: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class SRALIB(NeuronLayer):
+    alpha: Tensor
+    beta: Tensor
+    gamma: Tensor
+    threshold: Tensor
+    rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_alpha: Tensor
+    raw_beta: Tensor
+    raw_gamma: Tensor
+    raw_threshold: Tensor
+    raw_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    syn: Tensor | None
+    rec: Tensor | None
+    prev_output: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, threshold_rank: int = 1, rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_threshold: bool = True, learn_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DSRALIB(NeuronLayer):
+    pos_alpha: Tensor
+    neg_alpha: Tensor
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_gamma: Tensor
+    neg_gamma: Tensor
+    threshold: Tensor
+    pos_rec_weight: Tensor
+    neg_rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_alpha: Tensor
+    raw_neg_alpha: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_gamma: Tensor
+    raw_neg_gamma: Tensor
+    raw_threshold: Tensor
+    raw_pos_rec_weight: Tensor
+    raw_neg_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_syn: Tensor | None
+    neg_syn: Tensor | None
+    pos_rec: Tensor | None
+    neg_rec: Tensor | None
+    prev_output: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class ALIT(NeuronLayer):
+    beta: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_beta: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DALIT(NeuronLayer):
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class SALIT(NeuronLayer):
+    alpha: Tensor
+    beta: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_alpha: Tensor
+    raw_beta: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    syn: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class RALIT(NeuronLayer):
+    beta: Tensor
+    gamma: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_beta: Tensor
+    raw_gamma: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    rec: Tensor | None
+    prev_output: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DSALIT(NeuronLayer):
+    pos_alpha: Tensor
+    neg_alpha: Tensor
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_alpha: Tensor
+    raw_neg_alpha: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_syn: Tensor | None
+    neg_syn: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DRALIT(NeuronLayer):
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_gamma: Tensor
+    neg_gamma: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_rec_weight: Tensor
+    neg_rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_gamma: Tensor
+    raw_neg_gamma: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_rec_weight: Tensor
+    raw_neg_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_rec: Tensor | None
+    neg_rec: Tensor | None
+    prev_output: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class SRALIT(NeuronLayer):
+    alpha: Tensor
+    beta: Tensor
+    gamma: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_alpha: Tensor
+    raw_beta: Tensor
+    raw_gamma: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    syn: Tensor | None
+    rec: Tensor | None
+    prev_output: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DSRALIT(NeuronLayer):
+    pos_alpha: Tensor
+    neg_alpha: Tensor
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_gamma: Tensor
+    neg_gamma: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_rec_weight: Tensor
+    neg_rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_alpha: Tensor
+    raw_neg_alpha: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_gamma: Tensor
+    raw_neg_gamma: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_rec_weight: Tensor
+    raw_neg_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_syn: Tensor | None
+    neg_syn: Tensor | None
+    pos_rec: Tensor | None
+    neg_rec: Tensor | None
+    prev_output: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class ALITS(NeuronLayer):
+    beta: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_scale: Tensor
+    neg_scale: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_beta: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_scale: Tensor
+    raw_neg_scale: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DALITS(NeuronLayer):
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_scale: Tensor
+    neg_scale: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_scale: Tensor
+    raw_neg_scale: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class SALITS(NeuronLayer):
+    alpha: Tensor
+    beta: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_scale: Tensor
+    neg_scale: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_alpha: Tensor
+    raw_beta: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_scale: Tensor
+    raw_neg_scale: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    syn: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class RALITS(NeuronLayer):
+    beta: Tensor
+    gamma: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_scale: Tensor
+    neg_scale: Tensor
+    rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_beta: Tensor
+    raw_gamma: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_scale: Tensor
+    raw_neg_scale: Tensor
+    raw_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    rec: Tensor | None
+    prev_output: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DSALITS(NeuronLayer):
+    pos_alpha: Tensor
+    neg_alpha: Tensor
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_scale: Tensor
+    neg_scale: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_alpha: Tensor
+    raw_neg_alpha: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_scale: Tensor
+    raw_neg_scale: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_syn: Tensor | None
+    neg_syn: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DRALITS(NeuronLayer):
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_gamma: Tensor
+    neg_gamma: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_scale: Tensor
+    neg_scale: Tensor
+    pos_rec_weight: Tensor
+    neg_rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_gamma: Tensor
+    raw_neg_gamma: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_scale: Tensor
+    raw_neg_scale: Tensor
+    raw_pos_rec_weight: Tensor
+    raw_neg_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_rec: Tensor | None
+    neg_rec: Tensor | None
+    prev_output: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class SRALITS(NeuronLayer):
+    alpha: Tensor
+    beta: Tensor
+    gamma: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_scale: Tensor
+    neg_scale: Tensor
+    rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_alpha: Tensor
+    raw_beta: Tensor
+    raw_gamma: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_scale: Tensor
+    raw_neg_scale: Tensor
+    raw_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    syn: Tensor | None
+    rec: Tensor | None
+    prev_output: Tensor | None
+    mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, alpha: float | Tensor = 0.5, beta: float | Tensor = 0.9, gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, alpha_rank: int = 1, beta_rank: int = 1, gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_alpha: bool = True, learn_beta: bool = True, learn_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...
+
+class DSRALITS(NeuronLayer):
+    pos_alpha: Tensor
+    neg_alpha: Tensor
+    pos_beta: Tensor
+    neg_beta: Tensor
+    pos_gamma: Tensor
+    neg_gamma: Tensor
+    pos_threshold: Tensor
+    neg_threshold: Tensor
+    pos_scale: Tensor
+    neg_scale: Tensor
+    pos_rec_weight: Tensor
+    neg_rec_weight: Tensor
+    rho: Tensor
+    adapt_gain: Tensor
+    raw_pos_alpha: Tensor
+    raw_neg_alpha: Tensor
+    raw_pos_beta: Tensor
+    raw_neg_beta: Tensor
+    raw_pos_gamma: Tensor
+    raw_neg_gamma: Tensor
+    raw_pos_threshold: Tensor
+    raw_neg_threshold: Tensor
+    raw_pos_scale: Tensor
+    raw_neg_scale: Tensor
+    raw_pos_rec_weight: Tensor
+    raw_neg_rec_weight: Tensor
+    raw_rho: Tensor
+    raw_adapt_gain: Tensor
+    pos_syn: Tensor | None
+    neg_syn: Tensor | None
+    pos_rec: Tensor | None
+    neg_rec: Tensor | None
+    prev_output: Tensor | None
+    pos_mem: Tensor | None
+    neg_mem: Tensor | None
+    adapt: Tensor | None
+    def __init__(self, num_neurons: int, pos_alpha: float | Tensor = 0.5, neg_alpha: float | Tensor = 0.5, pos_beta: float | Tensor = 0.9, neg_beta: float | Tensor = 0.9, pos_gamma: float | Tensor = 0.9, neg_gamma: float | Tensor = 0.9, pos_threshold: float | Tensor = 1.0, neg_threshold: float | Tensor = 1.0, pos_scale: float | Tensor = 1.0, neg_scale: float | Tensor = 1.0, pos_rec_weight: float | Tensor = 0.0, neg_rec_weight: float | Tensor = 0.0, rho: float | Tensor = 0.95, adapt_gain: float | Tensor = 1.0, dim: int = -1, pos_alpha_rank: int = 1, neg_alpha_rank: int = 1, pos_beta_rank: int = 1, neg_beta_rank: int = 1, pos_gamma_rank: int = 1, neg_gamma_rank: int = 1, pos_threshold_rank: int = 1, neg_threshold_rank: int = 1, pos_scale_rank: int = 1, neg_scale_rank: int = 1, pos_rec_weight_rank: int = 1, neg_rec_weight_rank: int = 1, rho_rank: int = 1, adapt_gain_rank: int = 1, learn_pos_alpha: bool = True, learn_neg_alpha: bool = True, learn_pos_beta: bool = True, learn_neg_beta: bool = True, learn_pos_gamma: bool = True, learn_neg_gamma: bool = True, learn_pos_threshold: bool = True, learn_neg_threshold: bool = True, learn_pos_scale: bool = True, learn_neg_scale: bool = True, learn_pos_rec_weight: bool = True, learn_neg_rec_weight: bool = True, learn_rho: bool = True, learn_adapt_gain: bool = True, spike_fn: Callable[[Tensor], Tensor] = ..., quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli', reset: str = 'subtract') -> None: ...

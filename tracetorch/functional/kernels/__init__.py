@@ -13,7 +13,7 @@ How a kernel comes to be, for one ``(type, spike function, quantizer, dtype)``:
    ``tracetorch::neuron_scan_backward`` with ``torch.library`` (fake kernels, autograd), so
    ``torch.compile(fullgraph=True)`` runs through them.
 
-Selection (:func:`kernel_reason`): the kernel path serves the 28 built-in steps with a built-in
+Selection (:func:`kernel_reason`): the kernel path serves the 52 built-in steps with a built-in
 spike function (``Sigmoid``, ``FastSigmoid``, ``Atan``, ``Triangle``, ``Erf``) and a named quantizer,
 on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), also under
 ``torch.func.vmap``, ``grad``, ``vjp``, ``jacrev`` and their compositions (the ops' vmap rule folds
@@ -182,7 +182,7 @@ def prebuild(spec: Any, spike_fn: Any, quant_fn: Any, dtype: torch.dtype) -> boo
     if quant is None or (spec.fires and spike is None):
         return False
     # the key scan_spec asks for: the LI family has no spike function ("" when it is not a built-in)
-    get_kernel(spec.name, spike or "", quant).prebuild("float" if dtype == torch.float32 else "double")
+    get_kernel(spec.key, spike or "", quant).prebuild("float" if dtype == torch.float32 else "double")
     return True
 
 

@@ -1,7 +1,7 @@
 """The kernels as ``torch.library`` custom ops, with fake (meta) kernels and autograd.
 
 Two ops, generic over every neuron type (the type, spike function and quantizer are string
-arguments, so one schema serves all 28 and ``torch.compile`` sees one opaque call per layer):
+arguments, so one schema serves every type and ``torch.compile`` sees one opaque call per layer):
 
 * ``tracetorch::neuron_scan(xs [T, S], state [S]..., params [n_p]..., ...) -> (ys, final state, saved)``
 * ``tracetorch::neuron_scan_backward(...) -> (grad xs, grad initial state, grad params per element)``
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .. import spikes
-from ..neurons import SPECS, NeuronSpec
+from ..neurons import NeuronSpec, spec_from_key
 from . import cpu
 from .trace import Traced, adjoint, builtin_spike_kind, trace_step
 
@@ -60,7 +60,7 @@ class Kernel:
     """The traced step of one ``(type, spike function, quantizer)`` and its built C functions per dtype."""
 
     def __init__(self, kind: str, spike: str, quant: str) -> None:
-        self.spec: NeuronSpec = SPECS[kind]
+        self.spec: NeuronSpec = spec_from_key(kind)
         self.quant = quant
         self.traced: Traced = trace_step(self.spec, _spike_from_tag(spike))
         self.adjoint = adjoint(self.traced, quant)
@@ -697,10 +697,10 @@ def kernel_scan(
     # under no_grad nothing is kept for a backward (autograd.Function's needs_input_grad ignores the mode)
     save = torch.is_grad_enabled() and (_grad_transformed() or any(t.requires_grad for t in [*flat_params, *state, xs]))
     if _transformed() or (EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling()):
-        meta = (spec.name, spike, quant, tuple(layout), len(flat_state), save)
+        meta = (spec.key, spike, quant, tuple(layout), len(flat_state), save)
         ys, _, *final = _Scan.apply(meta, xs.reshape(T, S), seed, *flat_state, *flat_params)
     else:
         ys, final, _ = neuron_scan(
-            xs.reshape(T, S), flat_state, flat_params, spec.name, spike, quant, layout, seed, save
+            xs.reshape(T, S), flat_state, flat_params, spec.key, spike, quant, layout, seed, save
         )
     return ys.reshape(xs.shape), spec.State(*(f.reshape(shape) for f in final))

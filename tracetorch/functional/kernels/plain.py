@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import spikes
-from ..neurons import SPECS, _generic_step
+from ..neurons import _generic_step, spec_from_key
 
 __all__ = ["expand_params", "plain_scan", "plain_scan_elements"]
 
@@ -60,7 +60,7 @@ def plain_scan_elements(
     """:func:`plain_scan` with per-element params ``[S]`` (see :func:`expand_params`)."""
     from .ops import _spike_from_tag, get_kernel, uniform_draws
 
-    spec = SPECS[kind]
+    spec = spec_from_key(kind)
     T, S = xs.shape
     draws = None
     if quant in ("bernoulli", "probabilistic"):
@@ -90,7 +90,7 @@ def plain_scan(
     """The plain step loop of one ``tracetorch::neuron_scan`` call: ``(ys [T, S], final state [S]...)``.
 
     Args:
-        kind: the type's name (``"LIB"``); spike: a :func:`.ops.spike_tag` (``""`` for the LI
+        kind: the spec key (``"LIB"``, ``"LIB:zero"``); spike: a :func:`.ops.spike_tag` (``""`` for the LI
             family); quant: ``"round"``, ``"bernoulli"``, ``"probabilistic"`` or ``"none"``.
         xs: ``[T, S]``; state: each ``[S]``; params: each flat ``[n_k]``, read through ``layout``
             as in :func:`.ops.neuron_scan`; seed: the kernel call's seed as an int (the random
