@@ -704,12 +704,10 @@ ALLOCATORS: dict[str, dict[str, str]] = {
 
 
 def _preloadable(lib: str) -> bool:
-    """Whether the dynamic loader finds ``lib`` (by its soname, as LD_PRELOAD would)."""
-    try:
-        ctypes.CDLL(lib)
-        return True
-    except OSError:
-        return False
+    """Whether ``LD_PRELOAD=lib`` works here (the loader only warns, on stderr, when it cannot
+    preload; a dlopen test would refuse jemalloc, which preloads fine but not into a running process)."""
+    done = subprocess.run(["true"], env={**os.environ, "LD_PRELOAD": lib}, capture_output=True, text=True)
+    return done.returncode == 0 and "cannot be preloaded" not in done.stderr
 
 
 def allocator_table(modes: list[str]) -> str:
