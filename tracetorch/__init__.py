@@ -7,7 +7,7 @@ API ``tt.nn`` (layers, :class:`TTLayer`, :class:`TTModel`; also spelled ``tt.snn
 
 __version__ = "0.16.0"
 
-from . import datasets, encode, functional, loss, nir, nn, plot, snn, state
+from . import datasets, encode, functional, learn, loss, nir, nn, plot, snn, state
 from .monitoring import Recorder, monitor
 from .nn import TTLayer, TTModel, functional_call
 
@@ -19,6 +19,7 @@ __all__ = [
     "encode",
     "loss",
     "plot",
+    "learn",
     "nir",
     "datasets",
     "monitor",

@@ -68,11 +68,12 @@ def scan(
         params: the step's params pytree.
         state: the initial state pytree (each leaf shaped like ``xs[0]``).
         xs: ``[T, ...]`` inputs, ``T >= 1``.
-        fast: for the 52 built-in steps: ``None`` (default) runs the fused kernel where it applies
-            (see :mod:`tracetorch.functional.kernels`) and the plain loop elsewhere, ``True``
-            insists on the kernel (``ValueError`` saying why it cannot run), ``False`` always runs
-            the plain loop (so does ``TRACETORCH_FAST=0`` for ``None``). Any other step runs the
-            plain loop; ``fast=True`` with one is refused.
+        fast: ``None`` (default) runs a fused kernel where one applies (see
+            :mod:`tracetorch.functional.kernels`) and the plain loop elsewhere, ``True`` insists on
+            the kernel (``ValueError`` saying why it cannot run), ``False`` always runs the plain
+            loop (so does ``TRACETORCH_FAST=0`` for ``None``). The 52 built-in steps have their
+            kernels; any other pure elementwise step is traced into one
+            (:func:`tracetorch.functional.kernels.explain` says why a step is not).
         chunk: accepted for compatibility; it has no effect (a ``FutureWarning`` says so).
         **step_kwargs: passed to every ``step`` call (``spike_fn``, ``quant_fn``, ``reset`` for built-in steps).
 
@@ -99,11 +100,10 @@ def scan(
             quant_fn=step_kwargs.get("quant_fn", "bernoulli"),
             fast=fast,
         )
-    if fast:
-        raise ValueError(
-            f"scan: fast=True needs one of the 52 built-in steps (tracetorch.functional.lib_step, ...), "
-            f"received {getattr(step, '__name__', type(step).__name__)}; torch.compile your own loop instead"
-        )
+    if fast is not False and (fast or kernels_auto()):
+        out = _custom_kernel("scan", step, params, state, xs, step_kwargs, fast)
+        if out is not None:
+            return out
     return _loop(step, params, state, xs, step_kwargs)
 
 
@@ -145,6 +145,41 @@ def scan_spec(
         y, state = _generic_step(spec, params, state, x, spike_fn, quant)
         ys.append(y)
     return torch.stack(ys), state
+
+
+def kernels_auto() -> bool:
+    """``tracetorch.functional.kernels.config.auto``: whether ``fast=None`` takes the kernels."""
+    from . import kernels
+
+    return kernels.config.auto
+
+
+def _custom_kernel(
+    owner: str,
+    step: Callable[..., Any],
+    params: Any,
+    state: Any,
+    xs: torch.Tensor,
+    kwargs: dict[str, Any],
+    fast: bool | None,
+) -> tuple[torch.Tensor, Any] | None:
+    """A custom step through its traced kernel: ``(ys, final_state)``, or ``None`` for the plain loop.
+
+    ``fast=True`` turns "the plain loop" into a ``ValueError`` that says why.
+    """
+    from . import kernels
+
+    try:
+        out, reason = kernels.custom_scan(step, params, state, xs, kwargs)
+    except kernels.BuildError as err:
+        if fast:
+            raise ValueError(f"{owner}: fast=True cannot run here: {err}") from err
+        kernels.warn_no_compiler(str(err).splitlines()[0])
+        return None
+    if out is None and fast:
+        name = getattr(step, "__qualname__", None) or type(step).__name__
+        raise ValueError(f"{owner}: fast=True cannot run {name} through a kernel: {reason}")
+    return out
 
 
 def _loop(step: Callable[..., Any], params: Any, state: Any, xs: torch.Tensor, kwargs: dict[str, Any]):

@@ -412,12 +412,56 @@ class TTLayer(nn.Module):
         x = self._prepare_input(x)
         to_work = self._to_working_dim
         state = self._state_record()(*(to_work(self.__dict__[n]) for n in self._state_names))
-        y, new_state = self.step(self.activated_params(), state, to_work(x))
+        params, xw = self.activated_params(), to_work(x)
+        out = self._custom_step_kernel(params, state, xw) if self._takes_custom_kernel(xw) else None
+        y, new_state = out if out is not None else self.step(params, state, xw)
         if any(y is t for t in new_state):
             y = y.clone()  # no output aliases a state: an in-place op downstream must not rewrite it
         for n, t in zip(self._state_names, new_state):
             object.__setattr__(self, n, self._from_working_dim(t))
         return self._from_working_dim(y)
+
+    def _takes_custom_kernel(self, x: Any) -> bool:
+        """Whether a per-step call tries the step's traced kernel (large CPU inputs, as the built-in types)."""
+        from ..functional import kernels
+
+        if not kernels.config.auto or type(x) is not torch.Tensor or x.device.type != "cpu":
+            return False
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return False
+        return x.numel() >= kernels.config.step_min_elements
+
+    def _custom_step_kernel(self, params: Any, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any] | None:
+        """One step through the step's traced kernel, ``(y, new_state)``, or ``None`` (the plain step runs)."""
+        from ..functional import kernels
+
+        try:
+            out, _ = kernels.custom_scan(self.step, params, state, x.unsqueeze(0), {})
+        except kernels.BuildError as err:
+            kernels.warn_no_compiler(str(err).splitlines()[0])
+            return None
+        return None if out is None else (out[0][0], out[1])
+
+    def kernel_reason(self, x: torch.Tensor) -> str | None:
+        """Why this layer's time loop would not run through a fused kernel for steps like ``x``, or ``None``.
+
+        ``x`` is one step's input (``[..., num_neurons at dim, ...]``); nothing is changed (a missing
+        state is taken as zeros). For a custom layer the reason names the operation of ``step``
+        that the kernel tracer cannot read (see :func:`tracetorch.functional.kernels.explain`).
+        """
+
+        self._check_input(x)
+        x = x.to(self._compute_dtype(x))
+        live = [self.__dict__.get(n) for n in self._state_names]
+        state = [torch.zeros_like(x) if t is None else t for t in live]
+        return self._reason_for(x, state)
+
+    def _reason_for(self, x: torch.Tensor, state: list[torch.Tensor]) -> str | None:
+        from ..functional import kernels
+
+        work = self._to_working_dim
+        states = self._state_record()(*(work(t) for t in state))
+        return kernels.custom_reason(self.step, self.activated_params(), states, work(x).unsqueeze(0))
 
     def _prepare_input(self, x: torch.Tensor, sequence: bool = False) -> torch.Tensor:
         """Check one step's input (``x``, or ``x[0]`` of a ``[T, ...]`` sequence), create or check the

@@ -198,6 +198,14 @@ class NeuronLayer(TTLayer):
             object.__setattr__(self, n, t)
         return ys[0]
 
+    def _reason_for(self, x: torch.Tensor, state: list[torch.Tensor]) -> str | None:
+        if type(self).step is not NeuronLayer.step:  # a subclass with its own step: traced like any custom one
+            return super()._reason_for(x, state)
+        params = self._layout_params(x)
+        return kernels.kernel_reason(
+            self.spec, params, self.spec.State(*state), x.unsqueeze(0), self.spike_fn, self._scan_quant()
+        )
+
     def extra_repr(self) -> str:
         out = super().extra_repr()
         if self.spec.fires:

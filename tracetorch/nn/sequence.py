@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ..functional.time import _check_chunk, _loop, check_fast, scan_spec
+from ..functional.time import _check_chunk, _custom_kernel, _loop, check_fast, kernels_auto, scan_spec
 from .layer import TTLayer
 from .neurons import NeuronLayer
 from .walk import named_layers
@@ -338,7 +338,11 @@ def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk
         d = layer.dim % x0.dim() + 1
         work = layer._to_working_dim
         state = type(state)(*(work(t) for t in state))
-        ys, new = _loop(layer.step, layer.activated_params(), state, xs.movedim(d, -1), {})
+        params, xw = layer.activated_params(), xs.movedim(d, -1)
+        out = None
+        if fast is not False and (fast or kernels_auto()):  # the step traced into a kernel of its own
+            out = _custom_kernel(f"run({type(layer).__name__})", layer.step, params, state, xw, {}, fast)
+        ys, new = out if out is not None else _loop(layer.step, params, state, xw, {})
         ys = ys.movedim(-1, d)
         new = layer._state_record()(*(layer._from_working_dim(t) for t in new))
     layer._put_states(dict(zip(layer.state_names, _unaliased(new, ys))))
@@ -458,9 +462,11 @@ def run(
             always time (an unbatched sequence is ``[T, N]``): a ``[B, N]`` batch of one step is read
             as ``B`` steps, which is refused where it can be known, when a layer holds a state of
             another rank than one step of ``xs`` (``ValueError``).
-        fast: for the built-in neuron layers' time loops (see :func:`tracetorch.functional.scan`):
-            ``None`` runs the fused kernels where they apply, ``True`` insists, ``False`` runs the
-            plain step loop.
+        fast: for the neuron layers' time loops (see :func:`tracetorch.functional.scan`):
+            ``None`` runs the fused kernels where they apply (the built-in types' and, traced from
+            their ``step``, custom layers'), ``True`` insists on every path (a ``ValueError`` says
+            why one cannot: a step the tracer cannot read, a model or a module holding neuron
+            layers that runs step by step), ``False`` runs the plain step loop.
         chunk: accepted for compatibility; no effect (a ``FutureWarning`` says so).
         checkpoint: gradient checkpointing over chunks of this many steps: each chunk's
             activations are dropped after the forward and recomputed in the backward (random
@@ -488,6 +494,8 @@ def run(
     checkpoint, detach_every = _positive("checkpoint", checkpoint), _positive("detach_every", detach_every)
     steps = plan(model, xs)
     layers = [layer for _, layer in named_layers(model)]
+    if fast and layers:
+        _insist(model, steps)
     saved = [(layer, [layer.__dict__.get(n) for n in layer.state_names]) for layer in layers]
     try:
         return _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every)
@@ -496,6 +504,37 @@ def run(
             for n, t in zip(layer.state_names, values):
                 object.__setattr__(layer, n, t)
         raise
+
+
+def _insist(model: nn.Module, steps: list[tuple[str, nn.Module]] | None) -> None:
+    """``fast=True``: every neuron layer must run its time loop (a fused kernel); one that would run
+    step by step is refused, saying why, before anything runs."""
+    from ..state.tree import named_layers
+
+    if steps is None:
+        why = (
+            "global module hooks are registered"
+            if _global_hooks()
+            else "it is not a chain (an nn.Sequential, a TTLayer, or a model whose forward is "
+            "return self.<chain>(x)), or one neuron layer sits at two places"
+        )
+        raise ValueError(
+            f"run: fast=True cannot run {type(model).__name__} in sequence mode: {why}; it would run step by "
+            "step, T calls of the whole model, and its neuron layers would take no sequence kernel. Pass "
+            "fast=None to run it step by step anyway"
+        )
+    for kind, m in steps:
+        inside = [layer for _, layer in named_layers(m)]
+        if kind == "step" and inside:
+            why = (
+                "it has forward or backward hooks (they must see T per-step calls)"
+                if _hooked(m) or _replaced(m)
+                else "it holds neuron layers inside a module that is not a chain"
+            )
+            raise ValueError(
+                f"run: fast=True cannot give {type(m).__name__} a sequence kernel: {why}; it would run step by "
+                "step. Pass fast=None to run it step by step anyway"
+            )
 
 
 def _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every) -> Any:
