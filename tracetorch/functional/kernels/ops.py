@@ -37,7 +37,7 @@ from ..neurons import NeuronSpec, spec_from_key
 from . import cpu
 from .trace import Traced, adjoint, builtin_spike_kind, trace_step
 
-__all__ = ["neuron_scan", "kernel_scan", "spike_tag", "Kernel", "get_kernel", "uniform_draws"]
+__all__ = ["neuron_scan", "kernel_scan", "scan_flat", "spike_tag", "Kernel", "get_kernel", "uniform_draws"]
 
 _DTYPES = {torch.float32: "float", torch.float64: "double"}
 
@@ -60,9 +60,15 @@ class Kernel:
     """The traced step of one ``(type, spike function, quantizer)`` and its built C functions per dtype."""
 
     def __init__(self, kind: str, spike: str, quant: str) -> None:
-        self.spec: NeuronSpec = spec_from_key(kind)
         self.quant = quant
-        self.traced: Traced = trace_step(self.spec, _spike_from_tag(spike))
+        if kind.startswith("custom:"):  # a user's step, registered by its graph's hash (see .custom)
+            from .custom import registered
+
+            self.spec: NeuronSpec | None = None
+            self.traced: Traced = registered(kind)
+        else:
+            self.spec = spec_from_key(kind)
+            self.traced = trace_step(self.spec, _spike_from_tag(spike))
         self.adjoint = adjoint(self.traced, quant)
         self._libs: dict[tuple[str, str], Any] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
@@ -88,6 +94,9 @@ class Kernel:
         """The loaded C library of ``part`` (``tt_forward`` or ``tt_backward``) for ``real``,
         built (or read from the disk cache) on first use, both parts at once."""
         key = (real, part)
+        lib = self._libs.get(key)  # the common case, without the lock (a dict read is atomic)
+        if lib is not None:
+            return lib
         while True:
             with self._lock:
                 lib = self._libs.get(key)
@@ -808,6 +817,15 @@ def kernel_scan(
     Params broadcast to one step of ``xs``; states have its shape. Random quantizers draw their
     seed from torch's default generator, so ``torch.manual_seed`` reproduces a run.
     """
+    ys, final = scan_flat(spec.key, spike, quant, params, state, xs)
+    return ys, spec.State(*final)
+
+
+def scan_flat(
+    kind: str, spike: str, quant: str, params: Any, state: Any, xs: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """:func:`kernel_scan` for a kernel named by ``kind`` (a type's name or a custom step's
+    ``"custom:<hash>"``), with params and states as sequences: ``(ys, [final state leaf, ...])``."""
     T, shape = xs.shape[0], xs.shape[1:]
     S = math.prod(shape)
     flat_params, layout = [], []
@@ -821,12 +839,12 @@ def kernel_scan(
         seed = torch.zeros((), dtype=torch.int64)
     flat_state = [s.reshape(S) for s in state]
     # under no_grad nothing is kept for a backward (autograd.Function's needs_input_grad ignores the mode)
-    save = torch.is_grad_enabled() and (_grad_transformed() or any(t.requires_grad for t in [*flat_params, *state, xs]))
+    # under vmap a batched tensor does not show that the tensor it wraps requires grad (a population
+    # of stacked params trained with .backward()): any active transform keeps what a backward needs
+    save = torch.is_grad_enabled() and (_transformed() or any(t.requires_grad for t in [*flat_params, *state, xs]))
     if _transformed() or (EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling()):
-        meta = (spec.key, spike, quant, tuple(layout), len(flat_state), save)
+        meta = (kind, spike, quant, tuple(layout), len(flat_state), save)
         ys, _, *final = _Scan.apply(meta, xs.reshape(T, S), seed, *flat_state, *flat_params)
     else:
-        ys, final, _ = neuron_scan(
-            xs.reshape(T, S), flat_state, flat_params, spec.key, spike, quant, layout, seed, save
-        )
-    return ys.reshape(xs.shape), spec.State(*(f.reshape(shape) for f in final))
+        ys, final, _ = neuron_scan(xs.reshape(T, S), flat_state, flat_params, kind, spike, quant, layout, seed, save)
+    return ys.reshape(xs.shape), [f.reshape(shape) for f in final]
