@@ -114,3 +114,11 @@ def test_sequential_digits(dense_rec):
     args = ["--epochs", "1", "--hidden", "32", "--batch-size", "64"] + ([] if dense_rec else ["--no-dense-rec"])
     result = example.main(args)
     assert _is_fraction(result["accuracy"]) and _is_fraction(result["train_accuracy"])
+
+
+@pytest.mark.parametrize("rule", ["eprop", "ottt"])
+def test_online_stream(rule):
+    online = load_example("online_stream")
+    result = online.main(["--steps", "300", "--eval-steps", "100", "--hidden", "16", "--rule", rule, "--quiet"])
+    assert _is_fraction(result["accuracy_before"]) and _is_fraction(result["accuracy_after"])
+    assert 0 < result["online_bytes"] < result["bptt_bytes"]  # BPTT over 300 steps holds more already
