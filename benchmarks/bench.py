@@ -569,7 +569,18 @@ def main() -> None:
     out += ["### Goals", "", *[f"- {g}" for g in goals]]
     print("### Goals\n\n" + "\n".join(f"- {g}" for g in goals), flush=True)
     if ARGS.out:
-        Path(ARGS.out).write_text("\n".join(out) + "\n")
+        Path(ARGS.out).write_text("\n".join(out) + "\n" + kept_sections(Path(ARGS.out)))
+
+
+#: Sections of RESULTS.md written by other scripts (examples/timing_tasks.py --results): kept as they are.
+KEPT_HEADING = "## Timing tasks"
+
+
+def kept_sections(path: Path) -> str:
+    """The part of ``path`` from the line ``KEPT_HEADING`` on (with a blank line before it), or ``""``."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find("\n" + KEPT_HEADING + "\n")
+    return "" if at < 0 else "\n" + text[at + 1 :]
 
 
 # ---- cold start and chart ------------------------------------------------------------------------

@@ -143,7 +143,7 @@ def _replace_section(path: Path, lines: list[str]) -> None:
     if start is None:
         new = [*old, "", *lines]
     else:
-        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("### ")), len(old))
+        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("#")), len(old))
         new = [*old[:start], *lines, "", *old[end:]]
     path.write_text("\n".join(new).rstrip() + "\n")
 

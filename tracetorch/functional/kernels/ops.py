@@ -707,7 +707,9 @@ def scan_flat(
         seed = torch.zeros((), dtype=torch.int64)
     flat_state = [s.reshape(S) for s in state]
     # under no_grad nothing is kept for a backward (autograd.Function's needs_input_grad ignores the mode)
-    save = torch.is_grad_enabled() and (_grad_transformed() or any(t.requires_grad for t in [*flat_params, *state, xs]))
+    # under vmap a batched tensor does not show that the tensor it wraps requires grad (a population
+    # of stacked params trained with .backward()): any active transform keeps what a backward needs
+    save = torch.is_grad_enabled() and (_transformed() or any(t.requires_grad for t in [*flat_params, *state, xs]))
     if _transformed() or (EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling()):
         meta = (kind, spike, quant, tuple(layout), len(flat_state), save)
         ys, _, *final = _Scan.apply(meta, xs.reshape(T, S), seed, *flat_state, *flat_params)
