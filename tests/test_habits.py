@@ -363,3 +363,14 @@ def test_an_inplace_change_is_not_taken_for_a_freed_graph():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tt.nn.run(layer, torch.randn(T, B, N))
+
+
+def test_the_migration_habits_table_is_run_by_its_code():
+    page = (ROOT / "docs" / "migration.md").read_text()
+    section = page[page.index("## Habits from other libraries"):page.index("A snnTorch training loop")]
+    code = section[section.index("```python"):]
+    for row in [r for r in section.splitlines() if r.startswith("| ") and not r.startswith("| habit")]:
+        ours = row.rstrip("|").split("|")[-1]
+        spelled = [c for c in ours.split("`")[1::2] if "(" in c or "=" in c or "." in c]
+        key = spelled[0].split("(")[0].split("=")[0].strip() if spelled else None
+        assert key is None or key.split(";")[0].split()[0].split(".")[-1] in code, (row, key)

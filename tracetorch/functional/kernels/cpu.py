@@ -441,8 +441,9 @@ def _cpu_tag() -> str:
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}
-# one lock per library being built or loaded, so different libraries build at the same time
-_BUILDING: dict[str, threading.Lock] = {}
+# one lock per library being built or loaded, so different libraries build at the same time; keyed
+# by process too: a child made by os.fork while a build ran would inherit that lock held for ever
+_BUILDING: dict[tuple[int, str], threading.Lock] = {}
 
 
 def _build(cc: Compiler, source: str, target: Path) -> None:
@@ -481,7 +482,7 @@ def load(source: str) -> ctypes.CDLL:
         lib = _LOADED.get(digest)
         if lib is not None:
             return lib
-        building = _BUILDING.setdefault(digest, threading.Lock())
+        building = _BUILDING.setdefault((os.getpid(), digest), threading.Lock())
     with building:  # another thread building this same library: wait for it, then take its result
         with _LOCK:
             lib = _LOADED.get(digest)

@@ -94,6 +94,9 @@ class Kernel:
         """The loaded C library of ``part`` (``tt_forward`` or ``tt_backward``) for ``real``,
         built (or read from the disk cache) on first use, both parts at once."""
         key = (real, part)
+        lib = self._libs.get(key)  # the common case, without the lock (a dict read is atomic)
+        if lib is not None:
+            return lib
         while True:
             with self._lock:
                 lib = self._libs.get(key)
