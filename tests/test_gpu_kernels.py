@@ -43,11 +43,11 @@ def interpret(monkeypatch, tmp_path_factory):
     yield
 
 
-def gpu_run(name, params, state, xs, w, quant="round", spike_fn=F.sigmoid4x, seed=12345):
+def gpu_run(name, params, state, xs, w, quant="round", spike_fn=F.sigmoid4x, seed=12345, reset="subtract"):
     """``run`` of test_kernels through gpu.forward / gpu.backward directly: (ys, final, grads)."""
     spec = F.SPECS[name]
     quant = quant if spec.fires else "none"
-    kernel = ops.get_kernel(name, ops.spike_tag(spike_fn) or "", quant)
+    kernel = ops.get_kernel(spec.with_reset(reset).key, ops.spike_tag(spike_fn) or "", quant)
     steps, shape = xs.shape[0], xs.shape[1:]
     S = math.prod(shape)
     flat, layout = [], []
@@ -93,6 +93,18 @@ def test_interpreted_kernel_equals_plain_loop_round(interpret, name, rank, dtype
     fused = gpu_run(name, params, state, xs, w, "round")
     assert_same(loop, fused, dtype)
     torch.testing.assert_close(loop[0], fused[0], rtol=0, atol=0)  # every spike the same
+
+
+@pytest.mark.parametrize("name", ["LIB", "DLIT", "SRLITS", "DSRLITS", "ALIB", "DSALIT", "DSRALITS"])
+def test_interpreted_kernel_zero_reset_and_if(interpret, name):
+    """The zero reset's Triton kernel (from the same generator), with membrane decays of 1.0 too."""
+    _, params, state, xs, w = make(name, 1, torch.float64, seed=2)
+    beta = {k: torch.ones_like(v).requires_grad_(True) for k, v in params._asdict().items() if k.endswith("beta")}
+    for p in (params, params._replace(**beta)):
+        loop = run(name, p, state, xs, w, quant_fn="round", reset="zero", fast=False)
+        fused = gpu_run(name, p, state, xs, w, "round", reset="zero")
+        assert_same(loop, fused, torch.float64)
+        torch.testing.assert_close(loop[0], fused[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("spike_fn", SPIKES, ids=lambda s: type(s).__name__)

@@ -101,7 +101,49 @@ class Chain(tt.TTModel):
         return self.out(self.fc2(self.drop(self.skip(self.lif(self.fc1(x))))))
 
 
-MODELS = {"dense": (dense, (6,)), "conv2d": (conv2d, (2, 6, 6)), "conv1d": (conv1d, (2, 6)), "ttmodel": (Chain, (4,))}
+def integrators():
+    """IF (LIB, beta = 1.0 fixed) with both resets, LIF/CubaLIF with the zero reset, I (LI, beta 1.0)."""
+    torch.manual_seed(5)
+    return nn.Sequential(
+        nn.Linear(6, 5),
+        tt.nn.LIB(5, beta=1.0, learn_beta=False, threshold=u(5, 0.5, 1.5), quant_fn="round"),
+        nn.Linear(5, 5),
+        tt.nn.LIB(5, beta=1.0, learn_beta=False, threshold=u(5, 0.05, 0.2, 1), quant_fn="round", reset="zero"),
+        nn.Linear(5, 4),
+        tt.nn.LIB(4, beta=u(4), threshold=0.05, quant_fn="round", reset="zero"),
+        nn.Linear(4, 4),
+        tt.nn.SLIB(4, alpha=u(4, 0.2, 0.8), beta=u(4), threshold=0.2, quant_fn="round", reset="zero"),
+        nn.Linear(4, 3),
+        tt.nn.LI(3, beta=1.0, learn_beta=False),
+    )
+
+
+def pooling():
+    """Conv -> IF -> AvgPool2d -> Scale -> SumPool2d (AvgPool2d(divisor_override=1)) -> ... -> Threshold."""
+    torch.manual_seed(6)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        tt.nn.LIB(3, beta=1.0, learn_beta=False, threshold=u(3, 0.3, 0.8), dim=-3, quant_fn="round", reset="zero"),
+        nn.AvgPool2d(2),
+        ttnir.Scale(u(27, 0.5, 2.0).reshape(3, 3, 3)),
+        nn.AvgPool2d(2, stride=1, padding=1, divisor_override=1),
+        nn.AvgPool2d(3, stride=2, padding=1),
+        nn.Flatten(),
+        nn.Linear(12, 4),
+        tt.nn.SLIB(4, alpha=0.5, beta=u(4), threshold=0.1, quant_fn="round", reset="zero"),
+        nn.Linear(4, 3),
+        ttnir.Threshold(torch.tensor([0.1, -0.2, 0.3])),
+    )
+
+
+MODELS = {
+    "dense": (dense, (6,)),
+    "conv2d": (conv2d, (2, 6, 6)),
+    "conv1d": (conv1d, (2, 6)),
+    "ttmodel": (Chain, (4,)),
+    "integrators": (integrators, (6,)),
+    "pooling": (pooling, (2, 6, 6)),
+}
 
 
 @pytest.mark.parametrize("which", list(MODELS))
@@ -119,6 +161,14 @@ def test_round_trip_identical_outputs_and_states(nir, which, tmp_path):
         h.remove()
     ref_states = states(model)
     graph = ttnir.export(model, xs[0, :1])
+    if which == "integrators":
+        kinds = [type(n).__name__ for n in graph.nodes.values()]
+        assert [k for k in kinds if k in ("IF", "LIF", "CubaLIF", "I")] == ["IF", "IF", "LIF", "CubaLIF", "I"]
+        resets = [n.metadata[ttnir.RESET_KEY] for n in graph.nodes.values() if type(n).__name__ in ("IF", "LIF", "CubaLIF")]
+        assert resets == ["subtract", "zero", "zero", "zero"]
+    if which == "pooling":
+        kinds = [type(n).__name__ for n in graph.nodes.values()]
+        assert {"AvgPool2d", "SumPool2d", "Scale", "Threshold", "IF", "CubaLIF"} <= set(kinds)
     nir.write(tmp_path / "g.nir", graph)
     for g in (graph, nir.read(tmp_path / "g.nir")):
         back = ttnir.import_(g)
@@ -312,6 +362,12 @@ REFUSED_MODULES = {
     "custom TTLayer": (Custom, "custom TTLayer"),
     "ReLU": (nn.ReLU, r"'1' \(ReLU\) has no NIR mapping"),
     "dropout in training": (lambda: nn.Dropout(0.2), "training mode"),
+    "adaptive": (lambda: tt.nn.ALIB(3, quant_fn="round"), r"'1' \(ALIB\) has no exact NIR equivalent: adaptive"),
+    "some decays 1.0": (
+        lambda: tt.nn.LIB(3, beta=torch.tensor([1.0, 0.5, 1.0]), learn_beta=False, quant_fn="round"),
+        "for some neurons only",
+    ),
+    "synaptic IF": (lambda: tt.nn.SLIB(3, beta=1.0, learn_beta=False, quant_fn="round"), "synaptic integrator"),
 }
 
 
@@ -339,6 +395,40 @@ def test_export_refuses_shapes(nir, model, sample, match):
         ttnir.export(model(), sample)
 
 
+POOL_REFUSALS = {
+    "max": (nn.MaxPool2d(2), "NIR has no max-pooling node"),
+    "ceil": (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode=True"),
+    "divisor": (nn.AvgPool2d(2, divisor_override=2), "divisor_override=2"),
+    "exclude pad": (nn.AvgPool2d(3, padding=1, count_include_pad=False), "count_include_pad=False"),
+}
+
+
+@pytest.mark.parametrize("case", list(POOL_REFUSALS))
+def test_export_refuses_pooling_nir_cannot_express(nir, case):
+    pool, match = POOL_REFUSALS[case]
+    with pytest.raises(ValueError, match=match):
+        ttnir.export(nn.Sequential(nn.Conv2d(1, 2, 3), pool), torch.zeros(1, 1, 6, 6))
+
+
+def test_import_resets_and_integrators(nir):
+    """v_reset = 0 with reset_method 'zero' (or reset='zero') gives the zero reset; IF and I nodes the
+    integrators, with their input gain dt*r in the threshold (IF) or the preceding weights (I)."""
+    w = nir.Linear(weight=torch.ones(3, 2).numpy())
+    zero = ttnir.import_(nir.NIRGraph.from_list(w, lif_node(nir, metadata={ttnir.RESET_KEY: "zero"})))
+    assert zero[1].reset == "zero" and ttnir.import_(nir.NIRGraph.from_list(w, lif_node(nir, metadata={})), reset="zero")[1].reset == "zero"
+    as_if = nir.IF(r=np_([2.0, 2.0, 2.0]).numpy(), v_threshold=np_([1.0, 2.0, 3.0]).numpy(), v_reset=np_([0, 0, 0.0]).numpy())
+    model = ttnir.import_(nir.NIRGraph.from_list(w, as_if), dt=0.25, reset="zero")
+    lib = model[1]
+    assert type(lib).__name__ == "LIB" and lib.reset == "zero" and not isinstance(lib.raw_beta, nn.Parameter)
+    assert torch.equal(lib.beta, torch.ones(3)) and torch.allclose(lib.threshold, torch.tensor([2.0, 4.0, 6.0]))
+    integ = ttnir.import_(nir.NIRGraph.from_list(nir.Affine(weight=torch.ones(3, 2).numpy(), bias=torch.ones(3).numpy()),
+                                                 nir.I(r=np_([4.0, 4.0, 4.0]).numpy())), dt=0.5)  # fmt: skip
+    assert type(integ[1]).__name__ == "LI" and torch.equal(integ[1].beta, torch.ones(3))
+    assert torch.equal(integ[0].weight, torch.full((3, 2), 2.0)) and torch.equal(integ[0].bias, torch.full((3,), 2.0))
+    with pytest.raises(ValueError, match="Pass reset='zero'"):
+        ttnir.import_(nir.NIRGraph.from_list(w, as_if))
+
+
 def test_export_failure_keeps_states_and_rng(nir):
     model = nn.Sequential(nn.Linear(2, 3), tt.nn.LIB(3, quant_fn="round"), nn.Linear(3, 3), tt.nn.LIB(3))
     run(model, torch.randn(3, 2, 2))
@@ -364,13 +454,14 @@ def test_import_refusals(nir):
     ok = nir.NIRGraph.from_list(nir.Linear(weight=torch.ones(3, 2).numpy()), lif_node(nir))
     ttnir.import_(ok)
     bad = {
-        "reset_method='zero'": lif_node(nir, metadata={ttnir.RESET_KEY: "zero"}),
+        "reset_method='hard'": lif_node(nir, metadata={ttnir.RESET_KEY: "hard"}),
         "v_reset != 0": lif_node(nir, v_reset=torch.full((3,), -0.5)),
         "v_leak != 0": lif_node(nir, v_leak=torch.full((3,), 0.1)),
         r"tau > dt": lif_node(nir, tau=torch.full((3,), 0.5)),
         "v_threshold <= 0": lif_node(nir, v_threshold=torch.tensor([1.0, -1.0, 1.0])),
-        "without a leak": nir.IF(r=torch.ones(3).numpy(), v_threshold=torch.ones(3).numpy()),
-        r"\(Threshold\) has no tracetorch equivalent": nir.Threshold(threshold=torch.ones(3).numpy()),
+        "Pass reset='zero'": nir.IF(r=torch.ones(3).numpy(), v_threshold=torch.ones(3).numpy()),
+        r"input gain dt\*r <= 0": nir.IF(r=-torch.ones(3).numpy(), v_threshold=torch.ones(3).numpy(),
+                                        metadata={ttnir.RESET_KEY: "zero"}),  # fmt: skip
         "unscaled": nir.LI(tau=5 * torch.ones(3).numpy(), r=torch.ones(3).numpy(), v_leak=torch.zeros(3).numpy()),
     }
     for match, node in bad.items():
@@ -382,8 +473,8 @@ def test_import_refusals(nir):
                         v_leak=torch.zeros(2, 3), v_threshold=torch.ones(2, 3), v_reset=torch.zeros(2, 3))  # fmt: skip
     with pytest.raises(ValueError, match="varying along per-sample axes"):
         ttnir.import_(nir.NIRGraph.from_list(two_axes))
-    with pytest.raises(ValueError, match="reset must be"):
-        ttnir.import_(ok, reset="zero")
+    with pytest.raises(ValueError, match="reset must be None, 'subtract' or 'zero'"):
+        ttnir.import_(ok, reset="hard")
     with pytest.raises(TypeError, match="NIRGraph"):
         ttnir.import_(lif_node(nir))
 
@@ -535,3 +626,63 @@ def test_tracetorch_cuba_graph_runs_in_norse(nir):
             ref.append(y)
     ref = torch.stack(ref)
     assert torch.equal(run(model, xs), ref.to(torch.float32)) and ref.sum() > 10
+
+
+def test_snntorch_zero_reset_graph_runs_with_snntorchs_spikes(nir):
+    """snnTorch's reset_mechanism="zero" (its own importer's reading of NIR's v_reset) is reset="zero",
+    through Leaky and Synaptic (snnTorch 1.0's Conv2d export fails NIR's shape inference, so the
+    pooling nodes are checked by the round trips)."""
+    snn = pytest.importorskip("snntorch")
+    from snntorch.export_nir import export_to_nir
+
+    torch.manual_seed(2)
+    zero = dict(init_hidden=True, reset_delay=False, reset_mechanism="zero")
+    net = nn.Sequential(
+        nn.Linear(4, 5),
+        snn.Leaky(beta=u(5), threshold=u(5, 0.2, 0.6), **zero),
+        nn.Linear(5, 3),
+        snn.Synaptic(alpha=u(3, 0.3, 0.8), beta=u(3), threshold=u(3, 0.3, 0.6, 1), **zero),
+    )
+    graph = export_to_nir(net, torch.zeros(4))
+    model = ttnir.import_(graph, dt=1e-4, reset="zero")
+    assert [type(m).__name__ for m in model] == ["Linear", "LIB", "Linear", "SLIB"]
+    assert all(m.reset == "zero" for m in model if isinstance(m, tt.nn.NeuronLayer))
+    xs = 1.5 * torch.randn(2 * T, 4, 4, generator=torch.Generator().manual_seed(3))
+    hidden = {"snn": [], "tt": []}
+    net[1].register_forward_hook(lambda m, a, o: hidden["snn"].append(o))
+    model[1].register_forward_hook(lambda m, a, o: hidden["tt"].append(o))
+    reset(model)
+    with torch.no_grad():
+        for x in xs:
+            assert torch.equal(model(x), net(x))
+    assert torch.equal(torch.stack(hidden["tt"]), torch.stack(hidden["snn"])) and torch.stack(hidden["snn"]).sum() > 10
+
+
+def _norse_run(net, xs):
+    state, out = None, []
+    with torch.no_grad():
+        for x in xs:
+            y, state = net(x, state)
+            out.append(y)
+    return torch.stack(out)
+
+
+def test_norse_default_reset_and_iaf_graphs_run_with_norses_spikes(nir):
+    """Norse's default reset (to v_reset = 0) is reset="zero"; its IAFCell exports an IF node."""
+    norse, _ = norse_or_skip()
+    torch.manual_seed(3)
+    p1 = norse.LIFBoxParameters(tau_mem_inv=u(6, 0.1, 0.6), v_th=u(6, 0.3, 0.8), v_leak=torch.zeros(6))
+    p2 = norse.IAFParameters(v_th=u(3, 0.5, 1.5))
+    net = norse.SequentialState(nn.Linear(4, 6), norse.LIFBoxCell(p1, dt=1.0), nn.Linear(6, 3), norse.IAFCell(p2))
+    graph = norse.to_nir(net, torch.zeros(4), dt=1.0)
+    assert {"LIF", "IF"} <= {type(n).__name__ for n in graph.nodes.values()}
+    model = ttnir.import_(graph, dt=1.0, reset="zero")
+    assert [type(m).__name__ for m in model] == ["Linear", "LIB", "Linear", "LIB"]
+    assert torch.equal(model[3].beta, torch.ones(3))
+    xs = 2 * torch.randn(2 * T, 5, 4, generator=torch.Generator().manual_seed(6))
+    hidden = {"norse": [], "tt": []}
+    net[1].register_forward_hook(lambda m, a, o: hidden["norse"].append(o[0]))
+    model[1].register_forward_hook(lambda m, a, o: hidden["tt"].append(o))
+    ref = _norse_run(net, xs)
+    assert torch.equal(run(model, xs), ref) and ref.sum() > 10
+    assert torch.equal(torch.stack(hidden["tt"]), torch.stack(hidden["norse"]))

@@ -46,8 +46,11 @@ exactly 0.5 (no spike) for ``0 < v < ~3e-8 / spike_fn'(0)`` in float32 (``v < 3e
 default ``sigmoid4x``), which float32's spacing allows only for thresholds below about 0.5.
 Surrogate gradients are not part of NIR: import gives ``sigmoid4x``.
 
-NIR's ``LIF``/``CubaLIF`` reset ``v`` to ``v_reset``; tracetorch resets by subtraction
-(``mem -= threshold``). In continuous time the two agree for ``v_reset = 0`` (the voltage never
+NIR's ``LIF``/``CubaLIF``/``IF`` reset ``v`` to ``v_reset``; a tracetorch layer resets by
+subtraction (``reset="subtract"``, ``mem -= threshold``) or to zero (``reset="zero"``, NIR's
+``v_reset = 0`` read literally); the export writes the layer's mode as ``reset_method`` and the
+import follows it (or the ``reset=`` argument, ``"subtract"`` or ``"zero"``, for nodes without it).
+The text below describes the subtraction. In continuous time the two agree for ``v_reset = 0`` (the voltage never
 overshoots the threshold), which is why NIR's maintainers leave the discrete reset to the
 simulator; in discrete time they differ whenever the membrane overshoots. So:
 
@@ -70,8 +73,13 @@ tracetorch              NIR
 ``nn.Flatten``          ``Flatten`` (dims counted without the batch dim)
 ``LI``                  ``LI``
 ``SLI``                 ``CubaLI``
-``LIB`` (round)         ``LIF`` (subtractive reset, see above)
-``SLIB`` (round)        ``CubaLIF`` (subtractive reset, see above)
+``LIB`` (round)         ``LIF`` (the layer's reset, see above)
+``SLIB`` (round)        ``CubaLIF`` (the layer's reset, see above)
+``LIB``, beta 1 fixed   ``IF`` (``r = 1/dt``; back: threshold / (dt*r))
+``LI``, beta 1 fixed    ``I`` (``r = 1/dt``; back: the gain dt*r folded as for LI)
+``nn.AvgPool2d``        ``AvgPool2d``; with ``divisor_override=1``: ``SumPool2d``
+``Scale``               ``Scale`` (:class:`Scale`, this module)
+``Threshold``           ``Threshold`` (:class:`Threshold`, this module)
 ``Delay``               ``Delay`` (``delay`` in time units: steps times ``dt``)
 ======================  ==========================================================
 
@@ -85,7 +93,7 @@ open). ``DelayedLinear`` (a delay per synapse) has no NIR node and is refused.
 Everything else is refused with a ``ValueError`` naming the layer and the reason: the adaptive
 (``A``), dual (``D``), recurrent (``R``) and ternary (``T``/``TS``) types, a stochastic or custom quantizer, an
 unknown spike function, grouped convolutions (NIR's type check reads their input channels wrongly);
-on import ``IF``/``I`` (no leak: decay 1), ``v_leak != 0``, ``v_reset != 0``, branching or
+``nn.MaxPool2d`` (NIR has no max pooling); on import ``v_leak != 0``, ``v_reset != 0``, branching or
 recurrent graphs. Rank-0 params are broadcast to every neuron (NIR params have the node's full
 shape); they come back as per-neuron values, learnable, in torch's default dtype.
 """
@@ -99,8 +107,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._keywords import keywords
 from .functional.constraints import ACTIVATIONS, INVERSES
-from .functional.spikes import Atan, Erf, FastSigmoid, Sigmoid, Triangle, round_st
+from .functional.neurons import RESETS
+from .functional.spikes import Atan, Erf, FastSigmoid, Sigmoid, Triangle, round_st, sigmoid4x
 from .nn.delays import Delay, DelayedLinear
 from .nn.layer import TTLayer
 from .nn.model import TTModel
@@ -111,7 +121,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import nir as nir_pkg
     import numpy as np
 
-__all__ = ["export", "import_", "NIRModel", "RESET_KEY", "SUPPORTED"]
+__all__ = ["export", "import_", "NIRModel", "Scale", "Threshold", "RESET_KEY", "SUPPORTED"]
 
 #: Node metadata key saying how a discrete-time simulator must reset ``LIF``/``CubaLIF`` nodes.
 RESET_KEY = "reset_method"
@@ -120,7 +130,8 @@ RESET_KEY = "reset_method"
 SUPPORTED = {"LI": "LI", "SLI": "CubaLI", "LIB": "LIF", "SLIB": "CubaLIF"}
 
 _SUPPORTED_MODULES = (
-    "Linear, Conv1d, Conv2d, Flatten, Identity, Dropout (eval), Delay and the neuron types LI, SLI, LIB, SLIB"
+    "Linear, Conv1d, Conv2d, Flatten, AvgPool2d, Identity, Dropout (eval), Delay, tracetorch.nir.Scale, "
+    "tracetorch.nir.Threshold and the neuron types LI, SLI, LIB, SLIB (with beta = 1.0 fixed: I, IF)"
 )
 
 
@@ -129,6 +140,46 @@ class NIRModel(nn.Sequential, TTModel):
 
     Call it once per timestep like any tracetorch model; ``zero_states()`` between sequences.
     """
+
+
+class Scale(nn.Module):
+    """NIR's ``Scale`` node: ``y = scale * x``, elementwise.
+
+    Args:
+        scale: a tensor of the per-sample shape (or one that broadcasts to it), kept as a buffer.
+
+    Shape: input ``[batch, *scale.shape]`` -> output of the same shape.
+    """
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.as_tensor(scale).detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``scale * x``."""
+        return x * self.scale
+
+
+class Threshold(nn.Module):
+    """NIR's ``Threshold`` node: ``z = 1`` where ``x > threshold``, else ``0`` (a Heaviside step).
+
+    The forward is exactly that step; the backward is the ``sigmoid4x`` surrogate's derivative
+    (straight-through), so a model with one still trains.
+
+    Args:
+        threshold: a tensor of the per-sample shape (or one that broadcasts to it), kept as a buffer.
+
+    Shape: input ``[batch, *threshold.shape]`` -> output of the same shape, values in {0, 1}.
+    """
+
+    def __init__(self, threshold: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("threshold", torch.as_tensor(threshold).detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``1`` where ``x > threshold``, else ``0``, with a surrogate gradient."""
+        smooth = sigmoid4x(x - self.threshold)
+        return smooth + ((x > self.threshold).to(smooth.dtype) - smooth).detach()
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -303,11 +354,30 @@ def _export_neuron(nir: Any, name: str, layer: NeuronLayer, x: torch.Tensor, dt:
         return t.expand(shape).clone()
 
     p = layer.activated_params()
+    spec = layer.spec
+    what = _describe(name, layer)
     beta = full(p.beta)
+    zeros = torch.zeros(shape, dtype=torch.float64)
+    reset = {RESET_KEY: spec.reset}
+    if bool((beta == 1).any()):  # a fixed decay of exactly 1.0: no leak
+        if not bool((beta == 1).all()):
+            raise ValueError(
+                f"export: layer {what} has beta = 1.0 (no leak) for some neurons only; NIR's integrators (IF, I) "
+                "and leaky neurons (LIF, LI) are separate nodes, one kind per node"
+            )
+        if spec.synaptic:
+            raise ValueError(
+                f"export: layer {what} has beta = 1.0 (no leak) behind a synaptic trace; NIR's CubaLI/CubaLIF need a "
+                "finite tau_mem and NIR has no synaptic integrator node"
+            )
+        r_if = _array(torch.full(shape, 1.0 / dt, dtype=torch.float64))  # v += dt*r*I = I
+        if not spec.fires:
+            return nir.I(r=r_if)
+        return nir.IF(r=r_if, v_threshold=_array(full(p.threshold)), v_reset=_array(zeros), metadata=reset)
+    if spec.synaptic and bool((p.alpha == 1).any()):
+        raise ValueError(f"export: layer {what} has alpha = 1.0, whose synaptic trace never takes in its input")
     tau_mem = dt / (1.0 - beta)
     r = 1.0 / (1.0 - beta)
-    zeros = torch.zeros(shape, dtype=torch.float64)
-    spec = layer.spec
     common = {"r": _array(r), "v_leak": _array(zeros)}
     if spec.synaptic:
         common["tau_syn"] = _array(dt / (1.0 - full(p.alpha)))
@@ -319,7 +389,7 @@ def _export_neuron(nir: Any, name: str, layer: NeuronLayer, x: torch.Tensor, dt:
         return (nir.CubaLI if spec.synaptic else nir.LI)(**common)
     common["v_threshold"] = _array(full(p.threshold))
     common["v_reset"] = _array(zeros)
-    return (nir.CubaLIF if spec.synaptic else nir.LIF)(**common, metadata={RESET_KEY: "subtract"})
+    return (nir.CubaLIF if spec.synaptic else nir.LIF)(**common, metadata=reset)
 
 
 def _export_module(nir: Any, name: str, module: nn.Module, x: torch.Tensor, dt: float) -> Any:
@@ -372,6 +442,17 @@ def _export_module(nir: Any, name: str, module: nn.Module, x: torch.Tensor, dt: 
             dilation=tuple(module.dilation),
             **args,
         )
+    if isinstance(module, (Scale, Threshold)):
+        value = module.scale if isinstance(module, Scale) else module.threshold
+        full = value.detach().to("cpu", torch.float64).expand(x.shape[1:]).clone()
+        return nir.Scale(scale=_array(full)) if isinstance(module, Scale) else nir.Threshold(threshold=_array(full))
+    if isinstance(module, nn.AvgPool2d):
+        return _export_avg_pool(nir, what, module, x)
+    if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)):
+        raise ValueError(
+            f"export: module {what} takes a maximum; NIR has no max-pooling node (its pooling nodes are SumPool2d "
+            "and AvgPool2d): use nn.AvgPool2d, or a strided convolution"
+        )
     if isinstance(module, nn.Flatten):
         start, end = module.start_dim % x.dim(), module.end_dim % x.dim()
         if start == 0:
@@ -386,6 +467,32 @@ def _export_module(nir: Any, name: str, module: nn.Module, x: torch.Tensor, dt: 
     raise ValueError(f"export: module {what} has no NIR mapping here; supported: {_SUPPORTED_MODULES}")
 
 
+def _export_avg_pool(nir: Any, what: str, module: nn.AvgPool2d, x: torch.Tensor) -> Any:
+    """``nn.AvgPool2d`` as NIR's ``AvgPool2d``, or ``SumPool2d`` for ``divisor_override=1``."""
+    np = _np()
+    if x.dim() != 4:
+        raise ValueError(f"export: {what} gets an input of shape {list(x.shape)}; expected [batch, channels, H, W]")
+    pair = lambda v: tuple(int(i) for i in (v if isinstance(v, (tuple, list)) else (v, v)))  # noqa: E731
+    kernel = pair(module.kernel_size)
+    stride = pair(module.stride if module.stride is not None else module.kernel_size)
+    padding = pair(module.padding)
+    if module.ceil_mode:
+        raise ValueError(f"export: {what} has ceil_mode=True; NIR's pooling nodes floor the output size")
+    if module.divisor_override not in (None, 1):
+        raise ValueError(
+            f"export: {what} divides by divisor_override={module.divisor_override}; NIR pools by the sum "
+            "(SumPool2d, divisor_override=1) or the mean over the window (AvgPool2d) only"
+        )
+    if any(padding) and not module.count_include_pad and module.divisor_override is None:
+        raise ValueError(
+            f"export: {what} pads with count_include_pad=False; NIR's AvgPool2d averages over the whole window, "
+            "the zero padding included (torch's default)"
+        )
+    args = {"kernel_size": np.array(kernel), "stride": np.array(stride), "padding": np.array(padding)}
+    return nir.SumPool2d(**args) if module.divisor_override == 1 else nir.AvgPool2d(**args)
+
+
+@keywords
 def export(model: nn.Module, sample_input: torch.Tensor, dt: float = 1.0) -> nir_pkg.NIRGraph:
     """Export ``model`` to a ``nir.NIRGraph``.
 
@@ -522,7 +629,7 @@ def _pin_params(layer: NeuronLayer, values: dict[str, torch.Tensor]) -> None:
     ``sigmoid(logit(b))`` is often an ulp off ``b``; a few ulps of search around the inverse find
     the raw value that gives ``b`` back, so export -> import reproduces the params bit for bit.
     """
-    kinds = {p.name: p.kind for p in layer.spec.params}
+    kinds = {name: pspec.kind for name, (pspec, _) in layer._tt_pspecs.items()}
     with torch.no_grad():
         for name, target in values.items():
             raw = getattr(layer, f"raw_{name}")
@@ -566,12 +673,18 @@ def _import_neuron(
     kind = type(node).__name__
     what = f"{name!r} ({kind})"
     synaptic = kind in ("CubaLI", "CubaLIF")
-    fires = kind in ("LIF", "CubaLIF")
-    raw = {"r": node.r, "v_leak": node.v_leak}
-    raw.update({"tau_syn": node.tau_syn, "tau_mem": node.tau_mem, "w_in": node.w_in} if synaptic else {"tau": node.tau})
+    fires = kind in ("LIF", "CubaLIF", "IF")
+    integrator = kind in ("IF", "I")  # no leak: beta = 1.0, fixed
+    raw = {"r": node.r}
+    if not integrator:
+        raw["v_leak"] = node.v_leak
+        raw.update({"tau_syn": node.tau_syn, "tau_mem": node.tau_mem, "w_in": node.w_in} if synaptic else {"tau": node.tau})
     if fires:
-        raw.update({"v_threshold": node.v_threshold, "v_reset": node.v_reset})
+        v_reset = node.v_reset
+        raw.update({"v_threshold": node.v_threshold, "v_reset": 0.0 if v_reset is None else v_reset})
     p = {k: _f64(v) for k, v in raw.items()}
+    if integrator:
+        p["v_leak"] = torch.zeros(())
     for k, v in p.items():
         if not bool(torch.isfinite(v).all()):
             raise ValueError(f"import_: node {what} has non-finite {k}")
@@ -580,25 +693,32 @@ def _import_neuron(
             f"import_: node {what} has v_leak != 0 (a constant drive); tracetorch's neurons have no leak potential "
             "(fold (1-beta)*v_leak/... into the preceding Affine's bias by hand if you want it)"
         )
+    mode = None
     if fires:
         if not bool((p["v_reset"] == 0).all()):
             raise ValueError(
-                f"import_: node {what} has v_reset != 0; tracetorch resets by subtracting the threshold, which "
-                "agrees with NIR's reset only for v_reset = 0"
+                f"import_: node {what} has v_reset != 0; tracetorch's resets are to zero (reset='zero') or by "
+                "subtracting the threshold (reset='subtract'), which agree with NIR's reset only for v_reset = 0"
             )
         declared = _metadata_reset(node)
-        if declared is not None and declared != "subtract":
+        if declared is not None and declared not in RESETS:
             raise ValueError(
-                f"import_: node {what} declares {RESET_KEY}={declared!r}; tracetorch neurons reset by subtraction only"
+                f"import_: node {what} declares {RESET_KEY}={declared!r}; tracetorch neurons reset by subtraction "
+                "('subtract') or to zero ('zero')"
             )
-        if declared is None and reset != "subtract":
+        mode = declared or reset
+        if mode is None:
             raise ValueError(
-                f"import_: node {what} does not say how a discrete-time simulator resets it, and tracetorch resets by "
-                "subtracting the threshold (NIR's reset to v_reset = 0 agrees only in continuous time). Pass "
-                "reset='subtract' if the graph's source did the same (snnTorch Leaky/Synaptic with "
+                f"import_: node {what} does not say how a discrete-time simulator resets it (in discrete time a reset "
+                "to v_reset = 0 and a subtraction of the threshold differ after every overshoot). Pass reset='zero' "
+                "for NIR's own reading, v -> v_reset (snnTorch with reset_mechanism='zero' and reset_delay=False; "
+                "Norse's default), or reset='subtract' if the source subtracted (snnTorch Leaky/Synaptic with "
                 "reset_mechanism='subtract' and reset_delay=False; Norse with reset_method=reset_subtract)"
             )
     axis, shape = _neuron_axis(what, p)
+    if integrator:  # v[t] = v[t-1] + dt*r*I[t]: tracetorch's mem = mem + x with the input gain dt*r
+        gain = (dt * p["r"]).expand(shape)
+        return _integrator_layer(what, kind, gain, p, axis, shape, mode, previous)
     tau_mem = p["tau_mem"] if synaptic else p["tau"]
     decays = {"beta": 1.0 - dt / tau_mem}
     if synaptic:
@@ -628,9 +748,43 @@ def _import_neuron(
     dtype = torch.get_default_dtype()
     values = {k: v.to(dtype) for k, v in values.items()}
     cls = LAYERS[{"LI": "LI", "CubaLI": "SLI", "LIF": "LIB", "CubaLIF": "SLIB"}[kind]]
-    layer = cls(n, **values, dim=dim, **({"quant_fn": "round"} if fires else {}))
+    layer = cls(n, **values, dim=dim, **({"quant_fn": "round", "reset": mode} if fires else {}))
     _pin_params(layer, values)
     return layer
+
+
+def _integrator_layer(
+    what: str, kind: str, gain: torch.Tensor, p: dict, axis: int, shape: tuple, mode: str | None, previous: Any
+) -> NeuronLayer:
+    """``IF`` -> ``LIB`` and ``I`` -> ``LI``, both with ``beta = 1.0`` fixed (``learn_beta=False``)."""
+    n, dim = shape[axis], axis - len(shape)
+    dtype = torch.get_default_dtype()
+    if kind == "I":
+        _fold_gain(what, gain, axis, shape, previous)
+        return LAYERS["LI"](n, beta=1.0, learn_beta=False, dim=dim)
+    if not bool((gain > 0).all()):
+        raise ValueError(f"import_: node {what} has an input gain dt*r <= 0; it cannot fire as a LIB")
+    threshold = p["v_threshold"].expand(shape) / gain
+    if not bool((threshold > 0).all()):
+        raise ValueError(f"import_: node {what} has v_threshold <= 0; tracetorch thresholds are > 0")
+    values = {"threshold": _per_neuron(threshold, axis, shape).to(dtype)}
+    layer = LAYERS["LIB"](n, beta=1.0, learn_beta=False, **values, dim=dim, quant_fn="round", reset=mode)
+    _pin_params(layer, values)
+    return layer
+
+
+def _import_pool(nir: Any, name: str, node: Any) -> nn.Module:
+    """``SumPool2d`` -> ``nn.AvgPool2d(divisor_override=1)`` (a window sum); ``AvgPool2d`` -> ``nn.AvgPool2d``
+    (the mean over the whole window, zero padding included, as torch's default)."""
+    kernel, stride, padding = (_ints(v, 2) for v in (node.kernel_size, node.stride, node.padding))
+    if len(kernel) != 2 or len(stride) != 2 or len(padding) != 2:
+        raise ValueError(
+            f"import_: node {name!r} ({type(node).__name__}) needs 2 values each of kernel_size, stride, padding, "
+            f"received {kernel}, {stride}, {padding}"
+        )
+    if isinstance(node, nir.SumPool2d):
+        return nn.AvgPool2d(kernel, stride, padding, divisor_override=1)
+    return nn.AvgPool2d(kernel, stride, padding, count_include_pad=True)
 
 
 def _ints(value: Any, count: int) -> tuple[int, ...]:
@@ -669,8 +823,14 @@ def _import_conv(nir: Any, node: Any) -> nn.Module:
 
 
 def _import_node(nir: Any, name: str, node: Any, dt: float, reset: str | None, previous: nn.Module | None) -> nn.Module:
-    if isinstance(node, (nir.LI, nir.CubaLI, nir.LIF, nir.CubaLIF)):
+    if isinstance(node, (nir.LI, nir.CubaLI, nir.LIF, nir.CubaLIF, nir.IF, nir.I)):
         return _import_neuron(nir, name, node, dt, reset, previous)
+    if isinstance(node, nir.Scale):
+        return Scale(_weight(node.scale))
+    if isinstance(node, nir.Threshold):
+        return Threshold(_weight(node.threshold))
+    if isinstance(node, (nir.SumPool2d, nir.AvgPool2d)):
+        return _import_pool(nir, name, node)
     if isinstance(node, (nir.Affine, nir.Linear)):
         weight = _weight(node.weight)
         if weight.dim() != 2:
@@ -689,32 +849,31 @@ def _import_node(nir: Any, name: str, node: Any, dt: float, reset: str | None, p
         return nn.Flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
     if isinstance(node, nir.Delay):
         return _import_delay(name, node, dt)
-    if isinstance(node, (nir.IF, nir.I)):
-        raise ValueError(
-            f"import_: node {name!r} ({type(node).__name__}) integrates without a leak (decay 1); tracetorch decays "
-            "lie in (0, 1)"
-        )
     raise ValueError(
         f"import_: node {name!r} ({type(node).__name__}) has no tracetorch equivalent; supported: Affine, Linear, "
-        "Conv1d, Conv2d, Flatten, Delay, LI, CubaLI, LIF, CubaLIF"
+        "Conv1d, Conv2d, Flatten, SumPool2d, AvgPool2d, Scale, Threshold, Delay, LI, CubaLI, LIF, CubaLIF, I, IF"
     )
 
 
+@keywords
 def import_(graph: nir_pkg.NIRGraph, dt: float | None = None, reset: str | None = None) -> NIRModel:
     """Build a tracetorch model from a chain-shaped ``nir.NIRGraph``.
 
     ``Affine``/``Linear`` -> ``nn.Linear``, ``Conv1d``/``Conv2d`` -> ``nn.Conv1d``/``nn.Conv2d``,
     ``Flatten`` -> ``nn.Flatten``, ``LI`` -> ``LI``, ``CubaLI`` -> ``SLI``, ``LIF`` -> ``LIB`` and
-    ``CubaLIF`` -> ``SLIB`` (both ``quant_fn="round"``), with the decays, thresholds and input gains
-    of the module docstring. A neuron node's params may vary along one per-sample axis, which
+    ``CubaLIF`` -> ``SLIB`` (both ``quant_fn="round"``, with the node's reset), ``IF`` -> ``LIB``
+    and ``I`` -> ``LI`` (``beta = 1.0``, fixed), ``SumPool2d``/``AvgPool2d`` -> ``nn.AvgPool2d``,
+    ``Scale``/``Threshold`` -> :class:`Scale`/:class:`Threshold`, with the decays, thresholds and
+    input gains of the module docstring. A neuron node's params may vary along one per-sample axis, which
     becomes the layer's ``dim`` (e.g. ``dim=-3`` for per-channel params after a ``Conv2d``).
 
     Args:
         graph: the graph: ``Input -> node -> ... -> Output``, no branches or recurrent edges.
         dt: the timestep: ``beta = 1 - dt/tau``. ``None``: ``graph.metadata["dt"]`` if present
             (graphs from :func:`export`), else 1.0. snnTorch exports with ``dt=1e-4``.
-        reset: ``"subtract"`` to accept ``LIF``/``CubaLIF`` nodes whose metadata does not say how
-            they reset (see the module docstring); ``None`` (default) refuses them.
+        reset: ``"subtract"`` or ``"zero"``: the reset of ``LIF``/``CubaLIF``/``IF`` nodes whose
+            metadata does not say how they reset (see the module docstring); ``None`` (default)
+            refuses them.
 
     Returns:
         A :class:`NIRModel` (``nn.Sequential`` + ``TTModel``), run once per timestep.
@@ -726,8 +885,8 @@ def import_(graph: nir_pkg.NIRGraph, dt: float | None = None, reset: str | None 
     nir = _nir()
     if not isinstance(graph, nir.NIRGraph):
         raise TypeError(f"import_: graph must be a nir.NIRGraph, received {type(graph).__name__}")
-    if reset not in (None, "subtract"):
-        raise ValueError(f"import_: reset must be None or 'subtract', received {reset!r}")
+    if reset is not None and reset not in RESETS:
+        raise ValueError(f"import_: reset must be None, 'subtract' or 'zero', received {reset!r}")
     if dt is None:
         meta = graph.metadata if isinstance(graph.metadata, dict) else {}
         dt = meta.get("dt", 1.0)

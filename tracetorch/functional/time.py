@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from .._keywords import keywords
 from .neurons import SPECS, NeuronSpec, _generic_step, check_step_args, resolve_reset
-from .spikes import Quantizer, resolve_quantizer, sigmoid4x
+from .spikes import Quantizer, SpikeFn, resolve_quantizer, resolve_spike_fn, sigmoid4x
 
 __all__ = ["scan", "scan_spec", "builtin_spec", "check_fast"]
 
@@ -51,6 +52,7 @@ def _check_chunk(owner: str, chunk: Any) -> None:
     )
 
 
+@keywords
 def scan(
     step: Callable[..., tuple[torch.Tensor, Any]],
     params: Any,
@@ -59,21 +61,26 @@ def scan(
     *,
     fast: bool | None = None,
     chunk: int | None = None,
+    time_dim: int = 0,
     **step_kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """Run ``step`` over the leading time dimension of ``xs``.
+    """Run ``step`` over the time dimension of ``xs``: time-first ``[T, ...]`` (``time_dim=1`` for ``[B, T, ...]``).
 
     Args:
         step: a pure ``step(params, state, x, **step_kwargs) -> (y, state)``.
         params: the step's params pytree.
         state: the initial state pytree (each leaf shaped like ``xs[0]``).
         xs: ``[T, ...]`` inputs, ``T >= 1``.
-        fast: for the 52 built-in steps: ``None`` (default) runs the fused kernel where it applies
-            (see :mod:`tracetorch.functional.kernels`) and the plain loop elsewhere, ``True``
-            insists on the kernel (``ValueError`` saying why it cannot run), ``False`` always runs
-            the plain loop (so does ``TRACETORCH_FAST=0`` for ``None``). Any other step runs the
-            plain loop; ``fast=True`` with one is refused.
+        fast: ``None`` (default) runs a fused kernel where one applies (see
+            :mod:`tracetorch.functional.kernels`) and the plain loop elsewhere, ``True`` insists on
+            the kernel (``ValueError`` saying why it cannot run), ``False`` always runs the plain
+            loop (so does ``TRACETORCH_FAST=0`` for ``None``). The 52 built-in steps have their
+            kernels; any other pure elementwise step is traced into one
+            (:func:`tracetorch.functional.kernels.explain` says why a step is not).
         chunk: accepted for compatibility; it has no effect (a ``FutureWarning`` says so).
+        time_dim: ``0`` (default): ``xs`` is ``[T, ...]``; ``1``: batch-first ``[B, T, ...]``, read
+            through a transposed view (the fused kernels copy it once, as ``.contiguous()``), and
+            ``ys`` comes back ``[B, T, ...]`` (a view). The state is one step's shape either way.
         **step_kwargs: passed to every ``step`` call (``spike_fn``, ``quant_fn``, ``reset`` for built-in steps).
 
     Returns:
@@ -82,6 +89,13 @@ def scan(
     fast = check_fast("scan", fast)
     if not isinstance(xs, torch.Tensor) or xs.dim() < 1:
         raise ValueError(f"scan: xs must be a tensor [T, ...] with a leading time dimension, received {_describe(xs)}")
+    if isinstance(time_dim, bool) or time_dim not in (0, 1):
+        raise ValueError(f"scan: time_dim must be 0 (xs [T, ...]) or 1 (batch-first [B, T, ...]), received {time_dim!r}")
+    if time_dim == 1:
+        if xs.dim() < 2:
+            raise ValueError(f"scan: time_dim=1 needs xs of at least 2 dims [B, T, ...], received {_describe(xs)}")
+        ys, final = scan(step, params, state, xs.transpose(0, 1), fast=fast, chunk=chunk, **step_kwargs)
+        return ys.transpose(0, 1), final
     if xs.shape[0] == 0:
         raise ValueError(f"scan: xs must hold at least one timestep, received shape {list(xs.shape)}")
     _check_chunk("scan", chunk)
@@ -89,7 +103,10 @@ def scan(
     if spec is not None and fast is not False:
         unknown = sorted(set(step_kwargs) - {"spike_fn", "quant_fn", "reset"})
         if unknown:
-            raise TypeError(f"scan: {step.__name__} got unexpected keyword argument(s) {unknown}")
+            raise TypeError(
+                f"scan: unknown keyword argument(s) {unknown}; valid keywords: fast, chunk, time_dim (scan's own) and "
+                f"spike_fn, quant_fn, reset (passed to {step.__name__})"
+            )
         return scan_spec(
             resolve_reset(spec, step_kwargs.get("reset", "subtract"), f"scan({step.__name__})"),
             params,
@@ -99,11 +116,10 @@ def scan(
             quant_fn=step_kwargs.get("quant_fn", "bernoulli"),
             fast=fast,
         )
-    if fast:
-        raise ValueError(
-            f"scan: fast=True needs one of the 52 built-in steps (tracetorch.functional.lib_step, ...), "
-            f"received {getattr(step, '__name__', type(step).__name__)}; torch.compile your own loop instead"
-        )
+    if fast is not False and (fast or kernels_auto()):
+        out = _custom_kernel("scan", step, params, state, xs, step_kwargs, fast)
+        if out is not None:
+            return out
     return _loop(step, params, state, xs, step_kwargs)
 
 
@@ -113,7 +129,7 @@ def scan_spec(
     state: Any,
     xs: torch.Tensor,
     *,
-    spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
+    spike_fn: SpikeFn = sigmoid4x,
     quant_fn: Quantizer = "bernoulli",
     fast: bool | None = None,
 ) -> tuple[torch.Tensor, Any]:
@@ -126,6 +142,7 @@ def scan_spec(
     from . import kernels
 
     check_step_args(spec, params, state, xs[0], f"scan({spec.name.lower()}_step)")
+    spike_fn = resolve_spike_fn(spike_fn, f"scan({spec.name.lower()}_step)")
     quant = resolve_quantizer(quant_fn, spec.name)
     if fast is not False and (fast or kernels.config.auto):
         reason = kernels.kernel_reason(spec, params, state, xs, spike_fn, quant_fn)
@@ -145,6 +162,41 @@ def scan_spec(
         y, state = _generic_step(spec, params, state, x, spike_fn, quant)
         ys.append(y)
     return torch.stack(ys), state
+
+
+def kernels_auto() -> bool:
+    """``tracetorch.functional.kernels.config.auto``: whether ``fast=None`` takes the kernels."""
+    from . import kernels
+
+    return kernels.config.auto
+
+
+def _custom_kernel(
+    owner: str,
+    step: Callable[..., Any],
+    params: Any,
+    state: Any,
+    xs: torch.Tensor,
+    kwargs: dict[str, Any],
+    fast: bool | None,
+) -> tuple[torch.Tensor, Any] | None:
+    """A custom step through its traced kernel: ``(ys, final_state)``, or ``None`` for the plain loop.
+
+    ``fast=True`` turns "the plain loop" into a ``ValueError`` that says why.
+    """
+    from . import kernels
+
+    try:
+        out, reason = kernels.custom_scan(step, params, state, xs, kwargs)
+    except kernels.BuildError as err:
+        if fast:
+            raise ValueError(f"{owner}: fast=True cannot run here: {err}") from err
+        kernels.warn_no_compiler(str(err).splitlines()[0])
+        return None
+    if out is None and fast:
+        name = getattr(step, "__qualname__", None) or type(step).__name__
+        raise ValueError(f"{owner}: fast=True cannot run {name} through a kernel: {reason}")
+    return out
 
 
 def _loop(step: Callable[..., Any], params: Any, state: Any, xs: torch.Tensor, kwargs: dict[str, Any]):

@@ -17,13 +17,15 @@ existing ``raw_<name>`` in place, under ``no_grad``, so the param keeps its kind
 or buffer), rank, dtype, device and identity (an optimizer holding it keeps working). A tensor
 of shape ``[num_neurons]`` is refused for a scalar (rank 0) param: the rank does not change.
 
-dtypes: a layer computes in ``torch.promote_types(input dtype, params dtype)``: a float16 or
-bfloat16 input into a float32 layer is computed, returned and stored in float32; a float64 input
-into a float32 layer in float64. The hidden states take that dtype when created (the first call,
-after ``zero_states()``), and a live state never changes dtype: an input that would compute in
-another dtype is refused with a ``TypeError`` (call ``zero_states()`` first, or convert the whole
-layer with ``.to(dtype)``, which converts params and states). Inputs must be real floating
-tensors (complex, integer and bool inputs are refused).
+dtypes: a layer computes in its own dtype, its params' (the input's, for a layer without params):
+a float16 or bfloat16 input into a float32 layer is widened, computed, returned and stored in
+float32; a wider input (float64 into a float32 layer) is refused with a ``TypeError`` saying to
+convert the input or the whole layer (``.to(dtype)`` converts params and states), never rounded
+down silently nor computed in float64 (which the next float32 ``nn.Linear`` would refuse, far from
+the cause). The hidden states take the layer's dtype when created, and a live state never changes
+dtype: a call that would compute in another (states set by hand in another dtype) is refused
+with a ``TypeError`` (call ``zero_states()`` first). Inputs must be real floating tensors
+(complex, integer and bool inputs are refused).
 
 No output aliases a state: where a step returns a state tensor itself as the output (the LI
 family's ``y = mem``, the recurrent types' ``prev_output = y``), the layer hands out a copy, so an
@@ -333,11 +335,27 @@ class TTLayer(nn.Module):
         self._bump()
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
-        """The dtype a call on ``x`` computes in: ``promote_types`` of the input's and the params' dtypes."""
-        dtype = x.dtype
+        """The dtype a call on ``x`` computes in: the layer's own (its params'), the input's if it has none.
+
+        A narrower input (float16 or bfloat16 into a float32 layer) is widened exactly; a wider one
+        (float64 into a float32 layer) is refused with a ``TypeError``, as rounding it down would
+        lose precision without a word and computing in it would hand the next module (an
+        ``nn.Linear`` in float32) a dtype it refuses far from the cause.
+        """
+        own = None
         for name in self._tt_params:
-            dtype = torch.promote_types(dtype, self._raw(name).dtype)
-        return dtype
+            d = self._raw(name).dtype
+            own = d if own is None else torch.promote_types(own, d)
+        if own is None:
+            return x.dtype
+        if torch.promote_types(x.dtype, own) != own:
+            raise TypeError(
+                f"{type(self).__name__}: the input is {x.dtype} but the layer is {own}; a layer computes in its "
+                f"own dtype and widens narrower inputs (float16, bfloat16 into float32), but does not round a "
+                f"wider input down: convert the input (x.to({own})) or the whole layer (layer.to({x.dtype}), "
+                "model.to(...)), which converts its params and states"
+            )
+        return own
 
     def _ensure_states(self, ref: torch.Tensor, dtype: torch.dtype | None = None) -> None:
         """Create zero states like ``ref`` (input layout, in ``dtype``) where they are ``None``; check the others.
@@ -353,7 +371,8 @@ class TTLayer(nn.Module):
                 continue
             if t.shape != ref.shape:
                 hint = (
-                    "call zero_states() (model.zero_states()) when the batch size changes"
+                    "call zero_states() (model.zero_states()) when the batch size changes (in sequence mode, "
+                    "dim 0 of xs is time: time_dim=1 for batch-first [B, T, ...] data)"
                     if t.dim() == ref.dim()
                     else f"the input has rank {ref.dim()}, the state rank {t.dim()}: in sequence mode "
                     "(model.run, tt.nn.run) dim 0 of xs is time, so xs must be [T, <one step's input shape>]"
@@ -412,12 +431,56 @@ class TTLayer(nn.Module):
         x = self._prepare_input(x)
         to_work = self._to_working_dim
         state = self._state_record()(*(to_work(self.__dict__[n]) for n in self._state_names))
-        y, new_state = self.step(self.activated_params(), state, to_work(x))
+        params, xw = self.activated_params(), to_work(x)
+        out = self._custom_step_kernel(params, state, xw) if self._takes_custom_kernel(xw) else None
+        y, new_state = out if out is not None else self.step(params, state, xw)
         if any(y is t for t in new_state):
             y = y.clone()  # no output aliases a state: an in-place op downstream must not rewrite it
         for n, t in zip(self._state_names, new_state):
             object.__setattr__(self, n, self._from_working_dim(t))
         return self._from_working_dim(y)
+
+    def _takes_custom_kernel(self, x: Any) -> bool:
+        """Whether a per-step call tries the step's traced kernel (large CPU inputs, as the built-in types)."""
+        from ..functional import kernels
+
+        if not kernels.config.auto or type(x) is not torch.Tensor or x.device.type != "cpu":
+            return False
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return False
+        return x.numel() >= kernels.config.step_min_elements
+
+    def _custom_step_kernel(self, params: Any, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, Any] | None:
+        """One step through the step's traced kernel, ``(y, new_state)``, or ``None`` (the plain step runs)."""
+        from ..functional import kernels
+
+        try:
+            out, _ = kernels.custom_scan(self.step, params, state, x.unsqueeze(0), {})
+        except kernels.BuildError as err:
+            kernels.warn_no_compiler(str(err).splitlines()[0])
+            return None
+        return None if out is None else (out[0][0], out[1])
+
+    def kernel_reason(self, x: torch.Tensor) -> str | None:
+        """Why this layer's time loop would not run through a fused kernel for steps like ``x``, or ``None``.
+
+        ``x`` is one step's input (``[..., num_neurons at dim, ...]``); nothing is changed (a missing
+        state is taken as zeros). For a custom layer the reason names the operation of ``step``
+        that the kernel tracer cannot read (see :func:`tracetorch.functional.kernels.explain`).
+        """
+
+        self._check_input(x)
+        x = x.to(self._compute_dtype(x))
+        live = [self.__dict__.get(n) for n in self._state_names]
+        state = [torch.zeros_like(x) if t is None else t for t in live]
+        return self._reason_for(x, state)
+
+    def _reason_for(self, x: torch.Tensor, state: list[torch.Tensor]) -> str | None:
+        from ..functional import kernels
+
+        work = self._to_working_dim
+        states = self._state_record()(*(work(t) for t in state))
+        return kernels.custom_reason(self.step, self.activated_params(), states, work(x).unsqueeze(0))
 
     def _prepare_input(self, x: torch.Tensor, sequence: bool = False) -> torch.Tensor:
         """Check one step's input (``x``, or ``x[0]`` of a ``[T, ...]`` sequence), create or check the

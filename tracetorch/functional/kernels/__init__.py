@@ -18,7 +18,9 @@ spike function (``Sigmoid``, ``FastSigmoid``, ``Atan``, ``Triangle``, ``Erf``) a
 on float32/float64 CPU tensors (float16/bfloat16/float32/float64 on CUDA with Triton), also under
 ``torch.func.vmap``, ``grad``, ``vjp``, ``jacrev`` and their compositions (the ops' vmap rule folds
 the population into the kernel's elements); forward mode (``jvp``, ``jacfwd``) runs the plain
-loop. Anything else runs the plain step loop. The object API's per-step
+loop. Any other pure elementwise step (a function passed to ``scan``, a ``TTLayer`` subclass's
+``step``) is traced into a kernel of its own (:mod:`.custom`); one the tracer cannot read runs
+the plain step loop, and :func:`explain` says which operation stopped it. The object API's per-step
 calls (``layer(x)``) take a one-step kernel on the CPU from ``config.step_min_elements`` elements on.
 """
 
@@ -33,15 +35,19 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ..neurons import _broadcasts_to
+from ..neurons import NeuronSpec, _broadcasts_to
 from .context import tracing
 from .cpu import BuildError, cache_dir
+from .custom import custom_reason, custom_scan, explain
 from .ops import DoubleBackwardError, get_kernel, kernel_scan, spike_tag
 
 __all__ = [
     "KernelConfig",
     "config",
     "kernel_reason",
+    "explain",
+    "custom_reason",
+    "custom_scan",
     "kernel_scan",
     "spike_tag",
     "quant_tag",
@@ -124,11 +130,19 @@ def _forward_mode_active() -> bool:
     return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
 
 
-def kernel_reason(spec: Any, params: Any, state: Any, xs: torch.Tensor, spike_fn: Any, quant_fn: Any) -> str | None:
+def kernel_reason(
+    spec: Any, params: Any, state: Any, xs: torch.Tensor, spike_fn: Any = None, quant_fn: Any = None
+) -> str | None:
     """Why the kernel path cannot run this call (a sentence), or ``None`` when it can.
 
-    Checks shapes, dtypes, devices, the spike function and quantizer and forward-mode transforms; whether a C compiler is there shows when the kernel is built.
+    Checks shapes, dtypes, devices, the spike function and quantizer and forward-mode transforms;
+    whether a C compiler is there shows when the kernel is built. ``spec`` may also be any step
+    function (then ``spike_fn`` and ``quant_fn``, if given, are its keyword arguments): the
+    reason is :func:`custom_reason`'s, the one :func:`explain` gives.
     """
+    if not isinstance(spec, NeuronSpec):
+        kwargs = {k: v for k, v in (("spike_fn", spike_fn), ("quant_fn", quant_fn)) if v is not None}
+        return custom_reason(spec, params, state, xs, **kwargs)
     if quant_tag(spec, quant_fn) is None:
         return "the kernels handle the quantizers 'round', 'bernoulli' and 'probabilistic', not a custom callable"
     if spec.fires and spike_tag(spike_fn) is None:

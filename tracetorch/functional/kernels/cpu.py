@@ -221,6 +221,16 @@ def _dialect(real: str) -> Dialect:
             "erf": lambda a: f"erf{f}({a})",
             "abs": lambda a: f"__builtin_fabs{f}({a})",
             "isnan": lambda a: f"({a} != {a})",
+            "tanh": lambda a: f"tanh{f}({a})",
+            "log": lambda a: f"log{f}({a})",
+            "log1p": lambda a: f"log1p{f}({a})",
+            "sqrt": lambda a: f"sqrt{f}({a})",
+            "rsqrt": lambda a: f"((real)1 / sqrt{f}({a}))",
+            "floor": lambda a: f"floor{f}({a})",
+            "ceil": lambda a: f"ceil{f}({a})",
+            "round": lambda a: f"TT_RINT({a})",
+            "float": lambda a: f"((real)({a}))",
+            "pow": lambda a, c: f"pow{f}({a}, {_c_const(c, real)})",
         },
         quant=_c_quant,
         declare=lambda name, expr, boolean: f"const {'int' if boolean else 'real'} {name} = {expr};",
@@ -438,8 +448,9 @@ def _cpu_tag() -> str:
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}
-# one lock per library being built or loaded, so different libraries build at the same time
-_BUILDING: dict[str, cache.ForkSafeLock] = {}
+# one lock per library being built or loaded, so different libraries build at the same time; keyed
+# by process too: a child made by os.fork while a build ran would inherit that lock held for ever
+_BUILDING: dict[tuple[int, str], cache.ForkSafeLock] = {}
 
 
 def _compile(cc: Compiler, c_path: Path, so_path: Path) -> None:
@@ -505,7 +516,8 @@ def load(source: str) -> ctypes.CDLL:
         lib = _LOADED.get(digest)
         if lib is not None:
             return lib
-        building = _BUILDING.get(digest) or _BUILDING.setdefault(digest, cache.ForkSafeLock())
+        key = (os.getpid(), digest)
+        building = _BUILDING.get(key) or _BUILDING.setdefault(key, cache.ForkSafeLock())
     with building:  # another thread building this same library: wait for it, then take its result
         with _LOCK:
             lib = _LOADED.get(digest)

@@ -96,6 +96,31 @@ def tt_sigmoid(x):
 
 
 {atan}
+
+
+@triton.jit
+def tt_tanh(x):
+    # the interpreter's tanh: sign(x) * (1 - e) / (1 + e), e = exp(-2|x|)
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def tt_log1p(x):
+    # the interpreter's log1p: log(u) corrected by the rounding of u = 1 + x
+    u = 1.0 + x
+    d = u - 1.0
+    return tl.where(d == 0, x, tl.log(u) * (x / tl.where(d == 0, 1.0, d)))
+
+
+@triton.jit
+def tt_pow(x, c):
+    # the interpreter's pow: exp(c * log(x)), with the sign of x for odd integer c
+    r = tl.exp(c * tl.log(tl.abs(x)))
+    odd = (c == tl.floor(c)) & ((c - 2.0 * tl.floor(c / 2.0)) == 1.0)
+    even = c == tl.floor(c)
+    return tl.where(x < 0, tl.where(odd, -r, tl.where(even, r, x * 0.0 + (1e999 * 0.0))), r)
 """
 
 _ATAN_LIBDEVICE = """@triton.jit
@@ -148,7 +173,11 @@ def _quant(quant: str, p: str, site: int) -> str:
     return fire if quant == "bernoulli" else f"({p} * {fire})"
 
 
-def _dialect() -> Dialect:
+def _dialect(interpret: bool = False, compute: str = "float32") -> Dialect:
+    # libdevice where Triton's core has no accurate function; the interpreter (no libdevice) takes
+    # formulas accurate to a few ulps (tanh and log1p by their cancellation-free forms)
+    lib = not interpret
+    sqrt = "tl.sqrt_rn" if compute == "float32" else "tl.sqrt"  # both correctly rounded (sqrt_rn: float32 only)
     return Dialect(
         const=_const,
         select=lambda c, a, b: f"tl.where({c}, {a}, {b})",
@@ -159,6 +188,16 @@ def _dialect() -> Dialect:
             "erf": lambda a: f"tl.math.erf({a})",
             "abs": lambda a: f"tl.abs({a})",
             "isnan": lambda a: f"({a} != {a})",
+            "tanh": lambda a: f"libdevice.tanh({a})" if lib else f"tt_tanh({a})",
+            "log": lambda a: f"libdevice.log({a})" if lib else f"tl.log({a})",
+            "log1p": lambda a: f"libdevice.log1p({a})" if lib else f"tt_log1p({a})",
+            "sqrt": lambda a: f"{sqrt}({a})",
+            "rsqrt": lambda a: f"({_const(1.0)} / {sqrt}({a}))",
+            "floor": lambda a: f"tl.floor({a})",
+            "ceil": lambda a: f"tl.ceil({a})",
+            "round": lambda a: f"tt_rint({a})",
+            "float": lambda a: f"({a}).to(COMPUTE)",
+            "pow": lambda a, c: f"libdevice.pow({a}, {_const(c)})" if lib else f"tt_pow({a}, {_const(c)})",
         },
         quant=_quant,
         declare=lambda name, expr, boolean: f"{name} = {expr}",
@@ -175,7 +214,7 @@ def triton_source(tr: Traced, adj: Adjoint, quant: str, storage: str, interpret:
     """
     compute = "float64" if storage == "float64" else "float32"
     rounds = storage not in ("float32", "float64")  # state rounded to the storage dtype every step
-    d = _dialect()
+    d = _dialect(interpret, compute)
     ns, np_ = len(tr.state), len(tr.params)
     head = _PRELUDE.format(
         libdevice="" if interpret else "from triton.language.extra import libdevice",

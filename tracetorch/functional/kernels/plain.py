@@ -60,6 +60,10 @@ def plain_scan_elements(
     """:func:`plain_scan` with per-element params ``[S]`` (see :func:`expand_params`)."""
     from .ops import _spike_from_tag, get_kernel, uniform_draws
 
+    if kind.startswith("custom:"):  # a user's step: run it, as traced (see .custom)
+        from .custom import plain_elements
+
+        return plain_elements(kind, quant, xs, state, params)
     spec = spec_from_key(kind)
     T, S = xs.shape
     draws = None
