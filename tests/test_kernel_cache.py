@@ -404,3 +404,83 @@ def test_per_step_call_beside_a_thread_running_torch_compile(fresh):
         stop.set()
         thread.join(timeout=60)
     assert sum(seen) >= 5, "the calls never overlapped a compile"
+
+
+# ---- the kernels' self-check ------------------------------------------------------------------------
+
+
+def _with_grads(name, fast, quant="round", dtype=torch.float64):
+    spec = F.SPECS[name]
+    g = torch.Generator().manual_seed(5)
+    params = spec.Params(*(p.detach().requires_grad_(True) for p in F.init_params(name, 5, dtype=dtype)))
+    state = F.init_state(name, torch.zeros(2, 5, dtype=dtype))
+    xs = (1.5 * torch.randn(12, 2, 5, generator=g, dtype=dtype)).requires_grad_(True)
+    kw = {"quant_fn": quant} if spec.fires else {}
+    ys, final = F.scan(F.get_step(name), params, state, xs, fast=fast, **kw)
+    loss = (ys * torch.linspace(-1, 1, ys.numel(), dtype=dtype).reshape(ys.shape)).sum() + sum((s * s).sum() for s in final)
+    return [ys.detach(), *(s.detach() for s in final), *torch.autograd.grad(loss, [*params, xs])]
+
+
+@needs_cc
+def test_a_kernel_that_disagrees_is_refused_and_the_plain_loop_runs(tmp_path, fresh):
+    fresh.setenv("TRACETORCH_CACHE_DIR", str(tmp_path))
+    real_source = ops.Kernel.source
+    broken = lambda self, real, part="both": real_source(self, real, part).replace("yt[j] = v", "yt[j] = (real)0.001 + v")  # noqa: E731
+    fresh.setattr(ops.Kernel, "source", broken)
+    ref = _with_grads("LIB", fast=False)
+    with pytest.warns(RuntimeWarning, match="self-check failed") as rec:
+        out = _with_grads("LIB", fast=None)
+    msgs = [str(w.message) for w in rec if "self-check" in str(w.message)]
+    assert len(msgs) == 1, msgs
+    assert "LIB" in msgs[0] and "device cpu" in msgs[0] and "largest difference 0.001" in msgs[0], msgs[0]
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # the verdict is kept in the library's record: the next process refuses it without a new check
+    fwd = tmp_path / cpu.library_name(_source())  # (with the broken source patched in)
+    assert cache.read_record(fwd)["check"]["ok"] is False
+    kernels.clear_cache()  # forget it in memory: read again from the disk cache
+    with pytest.warns(RuntimeWarning, match="self-check failed"):
+        out = _with_grads("LIB", fast=True)  # fast=True too: the kernel is never used
+    torch.testing.assert_close(out[0], ref[0], rtol=1e-10, atol=1e-10)
+
+
+@needs_cc
+def test_self_check_runs_once_and_its_result_is_kept_on_disk(tmp_path):
+    code = """
+        import torch, tracetorch.functional as F
+        from tracetorch.functional.kernels import verify
+        calls = []
+        real = verify.check
+        verify.check = lambda *a: calls.append(a[0].kind) or real(*a)
+        p = F.init_params('DSRLITS', 4); s = F.init_state('DSRLITS', torch.zeros(2, 4))
+        for _ in range(3):
+            F.scan(F.dsrlits_step, p, s, torch.randn(3, 2, 4), quant_fn='round', fast=True)
+        print("checks:", len(calls))
+    """
+    env = {"TRACETORCH_CACHE_DIR": str(tmp_path)}
+    first, second = _python(code, env), _python(code, env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    assert "checks: 1" in first.stdout and "checks: 0" in second.stdout, first.stdout + second.stdout
+    recs = [cache.read_record(lib) for lib in tmp_path.glob("tt_*.so")]
+    (rec,) = [r for r in recs if "check" in r]  # kept with the forward's library
+    assert rec["check"]["ok"] is True and rec["check"]["largest"] < 1e-4
+
+
+def test_self_check_agrees_for_correct_kernels_of_every_kind_of_state():
+    """The check itself: the built kernels of a few types pass it, in both dtypes and every quantizer."""
+    from tracetorch.functional.kernels import verify
+
+    for name, quants in (("LI", ["none"]), ("DSRLITS", ["round", "bernoulli", "probabilistic"]), ("SRLIB", ["round"])):
+        for quant in quants:
+            for real, dtype in (("float", torch.float32), ("double", torch.float64)):
+                kernel = ops.get_kernel(name, kernels.spike_tag(F.sigmoid4x), quant)
+                fwd, bwd = kernel.lib(real), kernel.lib(real, "backward")
+                assert fwd is not None and bwd is not None
+                ok, diff, where = verify.check(
+                    kernel,
+                    torch.device("cpu"),
+                    dtype,
+                    lambda *a, lib=fwd, real=real: ops._cpu_forward(lib, real, *a),
+                    lambda *a, lib=bwd, real=real: ops._cpu_backward(lib, real, *a),
+                )
+                assert ok, (name, quant, real, diff, where)

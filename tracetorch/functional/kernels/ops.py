@@ -34,7 +34,7 @@ import torch
 
 from .. import spikes
 from ..neurons import NeuronSpec, spec_from_key
-from . import cpu
+from . import cpu, verify
 from .context import tracing
 from .trace import Traced, adjoint, builtin_spike_kind, trace_step
 
@@ -61,7 +61,7 @@ class Kernel:
     """The traced step of one ``(type, spike function, quantizer)`` and its built C functions per dtype."""
 
     def __init__(self, kind: str, spike: str, quant: str) -> None:
-        self.quant = quant
+        self.kind, self.spike, self.quant = kind, spike, quant
         if kind.startswith("custom:"):  # a user's step, registered by its graph's hash (see .custom)
             from .custom import registered
 
@@ -74,6 +74,8 @@ class Kernel:
         self._libs: dict[tuple[str, str], Any] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._lock = cpu.cache.ForkSafeLock()  # released again in a forked child
+        self._checked: dict[str, bool] = {}  # real -> passed its self-check
+        self._check_lock = cpu.cache.ForkSafeLock()
 
     def source(self, real: str, part: str = "both") -> str:
         """The C source of this kernel for ``real`` (``"float"`` or ``"double"``): both functions,
@@ -93,7 +95,27 @@ class Kernel:
 
     def lib(self, real: str, part: str = "forward") -> Any:
         """The loaded C library of ``part`` (``tt_forward`` or ``tt_backward``) for ``real``,
-        built (or read from the disk cache) on first use, both parts at once."""
+        built (or read from the disk cache) on first use, both parts at once; ``None`` when the
+        pair failed its self-check (:mod:`.verify`: its calls then run the plain loop)."""
+        lib = self._built(real, part)
+        ok = self._checked.get(real)
+        if ok is None:
+            with self._check_lock:  # once per dtype and process (and on disk: the record)
+                ok = self._checked.get(real)
+                if ok is None:
+                    fwd, bwd = self._built(real, "forward"), self._built(real, "backward")
+                    ok = self._checked[real] = verify.cpu_ok(
+                        self,
+                        fwd,
+                        bwd,
+                        real,
+                        lambda *a: _cpu_forward(fwd, real, *a),
+                        lambda *a: _cpu_backward(bwd, real, *a),
+                    )
+        return lib if ok else None
+
+    def _built(self, real: str, part: str) -> Any:
+        """The library of ``part`` for ``real``, built or loaded (waiting for a build under way)."""
         key = (real, part)
         lib = self._libs.get(key)  # the common case, without the lock (a dict read is atomic)
         if lib is not None:
@@ -235,6 +257,8 @@ def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save, out=
     if xs.device.type == "cuda":
         from . import gpu
 
+        if not _gpu_checked(get_kernel(kind, spike, quant), xs):  # failed its self-check (warned)
+            return _into(verify.plain_forward(xs, state, params, kind, spike, quant, layout, seed, saved), (ys, final, saved))
         gpu.forward(get_kernel(kind, spike, quant), xs, state, params, layout, seed, ys, final, saved if save else None)
         return ys, final, saved
     real = _DTYPES[xs.dtype]
@@ -242,6 +266,17 @@ def scan_forward(xs, state, params, kind, spike, quant, layout, seed, save, out=
     lib = kernel.lib(real)
     if save:  # the backward's library too, before anything runs: a failed build falls back whole
         kernel.lib(real, "backward")
+    if lib is None:  # it failed its self-check (warned): the plain loop
+        return _into(verify.plain_forward(xs, state, params, kind, spike, quant, layout, seed, saved), (ys, final, saved))
+    return _cpu_forward(lib, real, xs, state, params, layout, seed, save, ys, final, saved, threads)
+
+
+def _cpu_forward(lib, real, xs, state, params, layout, seed, save, ys=None, final=None, saved=None, threads=None):
+    """The C forward of ``lib`` (contiguous inputs; outputs allocated where not given)."""
+    T, S = xs.shape
+    ys = torch.empty_like(xs) if ys is None else ys
+    final = [torch.empty_like(s) for s in state] if final is None else final
+    saved = _new_saved(xs, len(state), save) if saved is None else saved
     lib.tt_forward(
         T, S, xs.data_ptr(), ys.data_ptr(), _ptrs(state), _ptrs(final), saved.data_ptr() if save else None,
         _ptrs(params), _longs(layout[0::2]), _longs(layout[1::2]), _seed(seed), threads or cpu.threads_for(T, S, real),
@@ -270,6 +305,11 @@ def scan_backward(
     if xs.device.type == "cuda":
         from . import gpu
 
+        if not _gpu_checked(get_kernel(kind, spike, quant), xs):  # failed its self-check (warned)
+            return _into(
+            verify.plain_backward(xs, state, params, kind, spike, quant, layout, seed, grad_ys, grad_final),
+            (gxs, gstate, gparams),
+        )
         gpu.backward(
             get_kernel(kind, spike, quant), xs, state, params, layout, seed, saved, grad_ys, grad_final,
             gxs, gstate, gparams,
@@ -277,12 +317,59 @@ def scan_backward(
         return gxs, gstate, gparams
     real = _DTYPES[xs.dtype]
     lib = get_kernel(kind, spike, quant).lib(real, "backward")
+    if lib is None:  # it failed its self-check (warned): the plain loop
+        return _into(
+            verify.plain_backward(xs, state, params, kind, spike, quant, layout, seed, grad_ys, grad_final),
+            (gxs, gstate, gparams),
+        )
+    return _cpu_backward(
+        lib, real, xs, state, params, layout, seed, saved, grad_ys, grad_final, gxs, gstate, gparams, threads
+    )
+
+
+def _cpu_backward(
+    lib, real, xs, state, params, layout, seed, saved, grad_ys, grad_final, gxs=None, gstate=None, gparams=None, threads=None
+):
+    """The C backward of ``lib`` (contiguous inputs; outputs allocated where not given)."""
+    T, S = xs.shape
+    gxs = torch.empty_like(xs) if gxs is None else gxs
+    gstate = [torch.empty_like(s) for s in state] if gstate is None else gstate
+    gparams = [xs.new_empty(S) for _ in params] if gparams is None else gparams
     lib.tt_backward(
         T, S, xs.data_ptr(), _ptrs(state), saved.data_ptr(), _ptrs(params), _longs(layout[0::2]),
         _longs(layout[1::2]), _seed(seed), grad_ys.data_ptr(), _ptrs(grad_final), gxs.data_ptr(), _ptrs(gstate),
         _ptrs(gparams), threads or cpu.threads_for(T, S, real),
     )  # fmt: skip
     return gxs, gstate, gparams
+
+
+def _into(results: Any, out: Any) -> Any:
+    """The plain loop's ``(tensor, [tensors], tensor or [tensors])`` copied into the op's outputs ``out``."""
+    a, b, c = out
+    a.copy_(results[0])
+    for x, y in zip(b, results[1]):
+        x.copy_(y)
+    if isinstance(c, list):
+        for x, y in zip(c, results[2]):
+            x.copy_(y)
+    return a, b, c
+
+
+def _gpu_checked(kernel: Kernel, xs: torch.Tensor) -> bool:
+    """Whether ``kernel``'s Triton kernel passes its self-check on ``xs``'s device and dtype (once per process)."""
+    from . import gpu
+
+    def fwd(xs, state, params, layout, seed, save):
+        ys, final, saved = torch.empty_like(xs), [torch.empty_like(s) for s in state], _new_saved(xs, len(state), save)
+        gpu.forward(kernel, xs, state, params, layout, seed, ys, final, saved if save else None)
+        return ys, final, saved
+
+    def bwd(xs, state, params, layout, seed, saved, grad_ys, grad_final):
+        gxs, gstate, gelem = torch.empty_like(xs), [torch.empty_like(s) for s in state], [xs.new_empty(xs.shape[1]) for _ in params]
+        gpu.backward(kernel, xs, state, params, layout, seed, saved, grad_ys, grad_final, gxs, gstate, gelem)
+        return gxs, gstate, gelem
+
+    return verify.device_ok(kernel, xs.device, xs.dtype, fwd, bwd)
 
 
 def _reduce_params(gelem: list[torch.Tensor], layout: list[int], S: int) -> list[torch.Tensor]:
