@@ -154,7 +154,7 @@ def scan_spec(
             except kernels.BuildError as err:  # no C compiler, or it failed: loud, and the plain loop
                 if fast:
                     raise ValueError(f"scan: fast=True cannot run here: {err}") from err
-                kernels.warn_no_compiler(str(err).splitlines()[0])
+                kernels.warn_no_compiler(str(err))
         elif fast:
             raise ValueError(f"scan: fast=True cannot run here: {reason}")
     ys = []

@@ -446,7 +446,7 @@ class TTLayer(nn.Module):
 
         if not kernels.config.auto or type(x) is not torch.Tensor or x.device.type != "cpu":
             return False
-        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        if kernels.tracing() or torch._C._are_functorch_transforms_active():  # per-call facts only
             return False
         return x.numel() >= kernels.config.step_min_elements
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .._keywords import keywords
+from ..functional.kernels.context import tracing
 from ..state import io, tree
 from .walk import named_layers
 
@@ -26,7 +27,7 @@ class TTModel(nn.Module):
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
+        if tracing():  # this call's own fact: another thread compiling changes nothing here
             return super().__call__(*args, **kwargs)
         try:
             return super().__call__(*args, **kwargs)

@@ -200,8 +200,8 @@ class NeuronLayer(TTLayer):
     def _takes_step_kernel(self, x: Any) -> bool:
         if not kernels.config.auto or type(self).step is not NeuronLayer.step:
             return False
-        if type(x) is not torch.Tensor or x.device.type != "cpu" or torch.compiler.is_compiling():
-            return False  # under torch.compile the op-by-op step is what inductor fuses
+        if type(x) is not torch.Tensor or x.device.type != "cpu" or kernels.tracing():
+            return False  # under torch.compile the op-by-op step is what inductor fuses (per-call fact)
         return x.numel() >= kernels.config.step_min_elements and not torch._C._are_functorch_transforms_active()
 
     def _kernel_step(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -217,7 +217,7 @@ class NeuronLayer(TTLayer):
         try:
             ys, new = kernels.kernel_scan(self.spec, spike, quant_name, params, state, xs)
         except kernels.BuildError as err:
-            kernels.warn_no_compiler(str(err).splitlines()[0])
+            kernels.warn_no_compiler(str(err))
             return None
         for n, t in zip(self._state_names, new):
             object.__setattr__(self, n, t)

@@ -52,6 +52,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .._keywords import keywords
+from ..functional.kernels.context import tracing
 from ..functional.time import _check_chunk, _custom_kernel, _loop, check_fast, kernels_auto, scan_spec
 from .layer import TTLayer
 from .neurons import NeuronLayer
@@ -360,7 +361,7 @@ def _unaliased(state: Any, ys: torch.Tensor) -> list[torch.Tensor]:
     the storage is not reachable; the plain loop there stacks the outputs into a new tensor).
     """
     out = list(state)
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or type(ys) is not torch.Tensor:
+    if tracing() or torch._C._are_functorch_transforms_active() or type(ys) is not torch.Tensor:
         return out
     base = ys.untyped_storage().data_ptr()
     return [t.clone() if type(t) is torch.Tensor and t.untyped_storage().data_ptr() == base else t for t in out]

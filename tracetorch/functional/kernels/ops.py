@@ -35,6 +35,7 @@ import torch
 from .. import spikes
 from ..neurons import NeuronSpec, spec_from_key
 from . import cpu
+from .context import tracing
 from .trace import Traced, adjoint, builtin_spike_kind, trace_step
 
 __all__ = ["neuron_scan", "kernel_scan", "scan_flat", "spike_tag", "Kernel", "get_kernel", "uniform_draws"]
@@ -72,7 +73,7 @@ class Kernel:
         self.adjoint = adjoint(self.traced, quant)
         self._libs: dict[tuple[str, str], Any] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
-        self._lock = threading.Lock()
+        self._lock = cpu.cache.ForkSafeLock()  # released again in a forked child
 
     def source(self, real: str, part: str = "both") -> str:
         """The C source of this kernel for ``real`` (``"float"`` or ``"double"``): both functions,
@@ -842,7 +843,7 @@ def scan_flat(
     # under vmap a batched tensor does not show that the tensor it wraps requires grad (a population
     # of stacked params trained with .backward()): any active transform keeps what a backward needs
     save = torch.is_grad_enabled() and (_transformed() or any(t.requires_grad for t in [*flat_params, *state, xs]))
-    if _transformed() or (EAGER_PATH["mode"] == "auto" and not torch.compiler.is_compiling()):
+    if _transformed() or (EAGER_PATH["mode"] == "auto" and not tracing()):  # per-call facts only
         meta = (kind, spike, quant, tuple(layout), len(flat_state), save)
         ys, _, *final = _Scan.apply(meta, xs.reshape(T, S), seed, *flat_state, *flat_params)
     else:
