@@ -14,6 +14,12 @@ timing, with malloc set to return freed memory at once). The floors are measured
 T*B rows, and the neuron traffic (bytes per neuron-step) at the memory bandwidth of a large copy.
 
 Run ``python benchmarks/bench.py`` (full) or ``--quick`` (small sizes, three rounds). See README.md.
+
+``--allocator all`` (or a comma-separated list of ``default``, ``glibc-tuned``, ``thp``,
+``jemalloc``, ``tcmalloc``) re-runs the timed workloads in fresh processes with each allocator's
+environment set (``GLIBC_TUNABLES``, ``THP_MEM_ALLOC_ENABLE=1``, ``LD_PRELOAD``; malloc settings
+must be in place when the process starts) and prints one table of them; see the docs page
+"Performance on the CPU".
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import ctypes
 import gc
 import importlib.util
+import json
 import os
 import platform
 import statistics
@@ -558,7 +565,10 @@ def main() -> None:
 
         timed.append((variants, res, report_w2))
     for variants, res, report in timed:
-        report(res, memory(variants))
+        report(res, {k: float("nan") for k in variants} if ARGS.json else memory(variants))
+    if ARGS.json:  # a child of --allocator: the timings, for the parent's table
+        Path(ARGS.json).write_text(json.dumps({f"{i}": r for i, (_, r, _) in enumerate(timed)}))
+        return
     if "cold" in ARGS.workloads or ARGS.quick:
         text, goal = cold_start_table()
         print(text + "\n", flush=True)
@@ -569,7 +579,18 @@ def main() -> None:
     out += ["### Goals", "", *[f"- {g}" for g in goals]]
     print("### Goals\n\n" + "\n".join(f"- {g}" for g in goals), flush=True)
     if ARGS.out:
-        Path(ARGS.out).write_text("\n".join(out) + "\n")
+        Path(ARGS.out).write_text("\n".join(out) + "\n" + kept_sections(Path(ARGS.out)))
+
+
+#: Sections of RESULTS.md written by other scripts (examples/timing_tasks.py --results): kept as they are.
+KEPT_HEADING = "## Timing tasks"
+
+
+def kept_sections(path: Path) -> str:
+    """The part of ``path`` from the line ``KEPT_HEADING`` on (with a blank line before it), or ``""``."""
+    text = path.read_text() if path.exists() else ""
+    at = text.find("\n" + KEPT_HEADING + "\n")
+    return "" if at < 0 else "\n" + text[at + 1 :]
 
 
 # ---- cold start and chart ------------------------------------------------------------------------
@@ -587,6 +608,7 @@ xs = (torch.rand(T, B, 784) < 0.2).float()
 labels = torch.randint(0, 10, (B,))
 if __LIBRARY__ == "tracetorch":
     import tracetorch as tt
+    t1 = time.perf_counter()
     model = nn.Sequential(nn.Linear(784, H), tt.nn.LIB(H, quant_fn="round"), nn.Linear(H, H),
                           tt.nn.LIB(H, quant_fn="round"), nn.Linear(H, 10))
     def forward():
@@ -595,6 +617,7 @@ if __LIBRARY__ == "tracetorch":
         return tt.nn.run(model, xs).sum(0)
 else:
     from spikingjelly.activation_based import functional, layer, neuron
+    t1 = time.perf_counter()
     model = nn.Sequential(layer.Linear(784, H), neuron.LIFNode(tau=10.0, decay_input=False, v_reset=None,
                           step_mode="m"), layer.Linear(H, H), neuron.LIFNode(tau=10.0, decay_input=False,
                           v_reset=None, step_mode="m"), layer.Linear(H, 10))
@@ -607,12 +630,13 @@ for _ in range(6):
     opt.zero_grad()
     Fn.cross_entropy(forward(), labels).backward()
     opt.step()
-print(time.perf_counter() - t0)
+print(time.perf_counter() - t1)
 """
 
 
-def cold_start(lib: str) -> float | None:
-    """Seconds for a fresh process with empty caches to import, build and train the W1 MLP 6 iterations."""
+def cold_start(lib: str) -> tuple[float, float] | None:
+    """Seconds for a fresh process with empty caches to import, build and train the W1 MLP 6
+    iterations: from process start to end, and from the model's creation (imports done) to the end."""
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "TRACETORCH_CACHE_DIR": cache, "TORCHINDUCTOR_CACHE_DIR": cache}
         code = COLD_SCRIPT.replace("__THREADS__", str(ARGS.threads)).replace("__LIBRARY__", repr(lib))
@@ -620,27 +644,34 @@ def cold_start(lib: str) -> float | None:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         if out.returncode != 0:
             return None
-        return time.perf_counter() - t
+        return time.perf_counter() - t, float(out.stdout.split()[-1])
 
 
 def cold_start_table() -> tuple[str, str]:
-    rounds = 3
-    tt_s = [cold_start("tracetorch") for _ in range(rounds)]
-    sj_s = [cold_start("spikingjelly") for _ in range(rounds)]
+    rounds = 5
+    tt_s, sj_s = [], []
+    for _ in range(rounds):  # interleaved, so a noisy spell hits both
+        tt_s.append(cold_start("tracetorch"))
+        sj_s.append(cold_start("spikingjelly"))
     lines = [
         "### Cold start: a fresh process with empty caches trains the W1 small MLP for 6 iterations",
         "",
-        "| library | s (median of 3, process start to end) |",
-        "|---|---:|",
+        f"| library | s, process start to end (median of {rounds}) | s, model created to end (imports done) |",
+        "|---|---:|---:|",
     ]
-    tt_med = statistics.median([s for s in tt_s if s is not None]) if None not in tt_s else float("nan")
-    lines.append(f"| tracetorch sequence mode (kernels, empty kernel cache) | {tt_med:.2f} |")
+    nan = (float("nan"), float("nan"))
+    tt_med = [statistics.median(x) for x in zip(*tt_s)] if None not in tt_s else nan
+    lines.append(f"| tracetorch sequence mode (kernels, empty kernel cache) | {tt_med[0]:.2f} | {tt_med[1]:.2f} |")
     if None not in sj_s:
-        sj_med = statistics.median(sj_s)
-        lines.append(f"| SpikingJelly LIFNode, multi-step | {sj_med:.2f} |")
-        goal = f"cold start: tracetorch / SpikingJelly = {tt_med / sj_med:.2f} (goal <= 1)"
+        sj_med = [statistics.median(x) for x in zip(*sj_s)]
+        lines.append(f"| SpikingJelly LIFNode, multi-step | {sj_med[0]:.2f} | {sj_med[1]:.2f} |")
+        paired = statistics.median([a[1] / b[1] for a, b in zip(tt_s, sj_s)])  # type: ignore[index]
+        goal = (
+            f"cold start: tracetorch / SpikingJelly = {tt_med[0] / sj_med[0]:.2f} process, "
+            f"{paired:.2f} model created to end (paired) (goal <= 1)"
+        )
     else:
-        goal = f"cold start: tracetorch {tt_med:.2f} s (SpikingJelly not available)"
+        goal = f"cold start: tracetorch {tt_med[0]:.2f} s (SpikingJelly not available)"
     return "\n".join(lines), goal
 
 
@@ -671,6 +702,76 @@ def write_chart(charts: list[tuple[str, dict, float]], ref: str, path: Path) -> 
     fig.savefig(path, dpi=110)
 
 
+# ---- the allocator: the same workloads under other malloc settings, each in a fresh process ----
+
+#: what each mode sets in the child's environment; the preloaded libraries only where installed
+ALLOCATORS: dict[str, dict[str, str]] = {
+    "default": {},
+    "glibc-tuned": {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483648"},
+    "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
+    "jemalloc": {"LD_PRELOAD": "libjemalloc.so.2"},
+    "tcmalloc": {"LD_PRELOAD": "libtcmalloc_minimal.so.4"},
+}
+
+
+def _preloadable(lib: str) -> bool:
+    """Whether ``LD_PRELOAD=lib`` works here (the loader only warns, on stderr, when it cannot
+    preload; a dlopen test would refuse jemalloc, which preloads fine but not into a running process)."""
+    done = subprocess.run(["true"], env={**os.environ, "LD_PRELOAD": lib}, capture_output=True, text=True)
+    return done.returncode == 0 and "cannot be preloaded" not in done.stderr
+
+
+def allocator_table(modes: list[str]) -> str:
+    """Every timed workload once per allocator mode, modes interleaved over ``--allocator-repeats``
+    fresh processes each: the median per variant of the per-process medians, in ms, and its ratio
+    to glibc's defaults (the paired median over repeats)."""
+    usable = [m for m in modes if "LD_PRELOAD" not in ALLOCATORS[m] or _preloadable(ALLOCATORS[m]["LD_PRELOAD"])]
+    skipped = [m for m in modes if m not in usable]
+    workloads = ",".join(w for w in ARGS.workloads.split(",") if w != "cold")
+    runs: dict[str, list[dict[str, float]]] = {m: [] for m in usable}
+    titles: list[str] = []
+    for _ in range(ARGS.allocator_repeats):
+        for mode in usable:
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "res.json"
+                cmd = [sys.executable, __file__, "--workloads", workloads, "--rounds", str(ARGS.rounds),
+                       "--threads", str(ARGS.threads), "--no-tt015", "--json", str(out)]  # fmt: skip
+                if ARGS.quick:
+                    cmd.append("--quick")
+                env = {**os.environ, **ALLOCATORS[mode]}
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if done.returncode != 0:
+                    raise RuntimeError(f"bench under {mode}: {done.stderr[-2000:]}")
+                res = json.loads(out.read_text())
+                titles = [ln[4:] for ln in done.stdout.splitlines() if ln.startswith("### ")]
+                runs[mode].append({f"{titles[int(i)]} | {k}": v["median"] for i, r in res.items() for k, v in r.items()})
+    keys = list(runs[usable[0]][0])
+    lines = [
+        f"### Allocators: ms (median of {ARGS.allocator_repeats} fresh processes x {ARGS.rounds} rounds), "
+        "x glibc defaults in ()",
+        "",
+        "| workload | variant | " + " | ".join(usable) + " |",
+        "|---|---|" + "---:|" * len(usable),
+    ]
+    for key in keys:
+        base = [r[key] for r in runs["default"]] if "default" in runs else None
+        cells = []
+        for m in usable:
+            vals = [r[key] for r in runs[m]]
+            cell = f"{statistics.median(vals):.1f}"
+            if base and m != "default":
+                cell += f" ({statistics.median([a / b for a, b in zip(vals, base)]):.2f})"
+            cells.append(cell)
+        title, variant = key.split(" | ", 1)
+        lines.append(f"| {title.split(' (T=')[0]} | {variant} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Modes: " + "; ".join(f"{m}: {' '.join(f'{k}={v}' for k, v in ALLOCATORS[m].items()) or 'nothing set'}"
+                                     for m in usable))  # fmt: skip
+    if skipped:
+        lines.append(f"Not installed here, skipped: {', '.join(skipped)}.")
+    return "\n".join(lines)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, 3 rounds (under a minute once compiled)")
@@ -681,7 +782,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
     p.add_argument("--workloads", default="w1s,w1l,w2,cold", help="comma-separated subset of w1s, w1l, w2, cold")
     p.add_argument("--chart", default=None, help="write a bar chart of the paired ratios to this PNG")
+    p.add_argument(
+        "--allocator",
+        default=None,
+        help=f"re-run the workloads (not cold) in fresh processes under each of these malloc modes, "
+        f"comma-separated or 'all' ({', '.join(ALLOCATORS)}), and print one table of them",
+    )
+    p.add_argument("--allocator-repeats", type=int, default=3, help="fresh processes per allocator mode (default 3)")
+    p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # a child of --allocator writes its timings here
     args = p.parse_args()
+    if args.allocator:
+        modes = list(ALLOCATORS) if args.allocator == "all" else args.allocator.split(",")
+        unknown = [m for m in modes if m not in ALLOCATORS]
+        if unknown:
+            p.error(f"--allocator: unknown modes {unknown}; choose from {', '.join(ALLOCATORS)} or 'all'")
+        args.allocator = modes
     if args.rounds is None:
         args.rounds = 3 if args.quick else 15
     return args
@@ -689,4 +804,10 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     ARGS = parse_args()
-    main()
+    if ARGS.allocator:
+        text = allocator_table(ARGS.allocator)
+        print(text, flush=True)
+        if ARGS.out:
+            Path(ARGS.out).write_text(text + "\n")
+    else:
+        main()

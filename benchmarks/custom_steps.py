@@ -9,8 +9,9 @@ medians. "Per byte of state" divides each kernel's time by the bytes of state it
 neuron (ALIF 8, LIB 4). Also: what the trace cache costs per call (a step looked up) against a
 trace, and the first call (trace + build, with an empty kernel cache).
 
-    python benchmarks/custom_steps.py            # the full size
-    python benchmarks/custom_steps.py --quick    # a small size, a few seconds
+    python benchmarks/custom_steps.py                                # the full size
+    python benchmarks/custom_steps.py --quick                        # a small size, a few seconds
+    python benchmarks/custom_steps.py --out benchmarks/RESULTS.md    # replace its section there
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="T=20, B=8, N=512, 3 rounds")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", help="a results file whose section '### Custom steps' is replaced (or added)")
     args = parser.parse_args(argv)
     T, B, N = (20, 8, 512) if args.quick else (100, 64, 4096)
     rounds = 3 if args.quick else args.rounds
@@ -112,20 +114,38 @@ def main(argv=None) -> dict:
         med["ALIF plain loop (fast=False)"],
         med["LIB kernel (fast=True)"],
     )
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; T={T}, B={B}, N={N}, float32, {rounds} rounds"
-    )
-    print("| variant | ms (median) | min-max |")
-    print("|---|---:|---:|")
-    for k in variants:
-        print(f"| {k} | {med[k]:.1f} | {span[k][0]:.1f}-{span[k][1]:.1f} |")
-    print(f"ALIF plain loop / ALIF kernel: {plain / kern:.2f}x")
-    print(
-        f"ALIF kernel / LIB kernel: {kern / lib_ms:.2f}x; per byte of state (ALIF 8 B, LIB 4 B): {kern / 2 / lib_ms:.2f}x"
-    )
-    print(f"first call (trace + build, empty cache): {first:.2f} s")
-    print(f"per call: trace cache lookup {lookup * 1e6:.0f} us, a fresh trace {trace * 1e6:.0f} us")
+    lines = [
+        f"### Custom steps: an ALIF TTLayer in sequence mode, forward + backward (T={T}, B={B}, N={N})",
+        "",
+        f"`python benchmarks/custom_steps.py`: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs, float32, {rounds} paired rounds",
+        "",
+        "| variant | ms (median) | min-max |",
+        "|---|---:|---:|",
+        *(f"| {k} | {med[k]:.1f} | {span[k][0]:.1f}-{span[k][1]:.1f} |" for k in variants),
+        "",
+        f"- ALIF plain loop / ALIF kernel: {plain / kern:.2f}x",
+        f"- ALIF kernel / LIB kernel: {kern / lib_ms:.2f}x; per byte of state (ALIF 8 B, LIB 4 B): "
+        f"{kern / 2 / lib_ms:.2f}x",
+        f"- first call (trace + build, empty kernel cache): {first:.2f} s",
+        f"- per call: trace cache lookup {lookup * 1e6:.0f} us, a fresh trace {trace * 1e6:.0f} us",
+    ]
+    print("\n".join(lines))
+    if args.out:
+        _replace_section(Path(args.out), lines)
     return {"medians_ms": med, "first_s": first, "lookup_us": lookup * 1e6, "trace_us": trace * 1e6}
+
+
+def _replace_section(path: Path, lines: list[str]) -> None:
+    """Put ``lines`` in place of the section starting ``### Custom steps`` of ``path`` (else at its end)."""
+    old = path.read_text().splitlines() if path.exists() else []
+    start = next((i for i, ln in enumerate(old) if ln.startswith("### Custom steps")), None)
+    if start is None:
+        new = [*old, "", *lines]
+    else:
+        end = next((i for i in range(start + 1, len(old)) if old[i].startswith("#")), len(old))
+        new = [*old[:start], *lines, "", *old[end:]]
+    path.write_text("\n".join(new).rstrip() + "\n")
 
 
 if __name__ == "__main__":

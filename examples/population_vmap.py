@@ -1,7 +1,7 @@
 """Train a population of 32 differently initialised SNNs side by side in one vmapped call.
 
-The models' params are stacked with ``torch.func.stack_module_state``; ``tt.functional_call``
-runs one member as a pure function of (params, states, input), and ``torch.func.vmap`` runs all
+The models' params are stacked with ``torch.func.stack_module_state``; ``tt.nn.functional_run``
+runs one member over a whole sequence as a pure function of (params, states, inputs), and ``torch.func.vmap`` runs all
 of them at once (``randomness="different"``: each member draws its own Bernoulli spikes). The
 same training as a Python loop over the 32 models is timed for comparison.
 
@@ -32,11 +32,8 @@ def make_model(seed: int, hidden: int) -> nn.Module:
 
 def run_member(base: nn.Module, params: dict, spikes_in: torch.Tensor) -> torch.Tensor:
     """Logits of one member over a ``[T, B, 64]`` spike train: the LI membrane summed over time."""
-    states, total = None, 0.0
-    for x in spikes_in.unbind(0):
-        out, states = tt.functional_call(base, params, states, x)
-        total = total + out
-    return total / spikes_in.shape[0]
+    ys, _ = tt.nn.functional_run(base, params, None, spikes_in)  # [T, B, 10], from zero states
+    return ys.mean(0)
 
 
 def encode(x: torch.Tensor, timesteps: int) -> torch.Tensor:

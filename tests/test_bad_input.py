@@ -67,7 +67,7 @@ BAD_INPUTS = {
     "list": (lambda: [[1.0] * N] * B, TypeError, "input must be a tensor"),
     "0-d": (lambda: torch.tensor(1.0), ValueError, "out of range"),
     "wrong size": (lambda: torch.ones(B, N + 1), ValueError, f"must be num_neurons={N}, received {N + 1}"),
-    "float64 into live float32 states": (lambda: torch.ones(B, N, dtype=torch.float64), TypeError, "never changes"),
+    "float64 into a float32 layer": (lambda: torch.ones(B, N, dtype=torch.float64), TypeError, "does not round"),
     "batch change": (lambda: torch.ones(B + 1, N), ValueError, "batch size changes"),
 }
 
@@ -226,8 +226,10 @@ def test_bad_quant_and_spike_functions_are_refused(name):
         layer.quant_fn = "nonsense"
     with pytest.raises(TypeError, match="quant_fn must be a string or a callable"):
         layer.quant_fn = 3
-    with pytest.raises(TypeError, match="spike_fn must be callable"):
-        layer.spike_fn = "sigmoid"
+    with pytest.raises(ValueError, match=r"spike_fn must be one of \['atan', 'erf', 'fast_sigmoid', 'sigmoid'"):
+        layer.spike_fn = "sigmod"
+    with pytest.raises(TypeError, match="spike_fn must be a name"):
+        layer.spike_fn = 3
     assert (layer.quant_fn, layer.spike_fn, layer._quant) == before
     with pytest.raises(ValueError, match="quant_fn must be one of"):
         tt.nn.LAYERS[name](N, quant_fn="stochastic")

@@ -116,6 +116,23 @@ def test_sequential_digits(dense_rec):
     assert _is_fraction(result["accuracy"]) and _is_fraction(result["train_accuracy"])
 
 
+def test_timing_tasks_smoke(tmp_path):
+    example = load_example("timing_tasks")
+    table = tmp_path / "RESULTS.md"
+    table.write_text("# Results\n\nkept\n")
+    result = example.main(["--smoke", "--seeds", "0", "--quiet", "--threads", "1", "--results", str(table)])
+    assert set(result) == {"randman", "store_recall"}
+    for task in result.values():
+        assert set(task) == {"LIB", "ALIB", "LIB+delays"}
+        for entry in task.values():
+            assert all(_is_fraction(a) for a in entry["accuracies"]) and entry["seconds"] > 0
+        # the per-synapse delays add one learnable delay per weight of the first layer
+        assert task["LIB+delays"]["params"] > task["LIB"]["params"]
+    text = table.read_text()
+    assert text.startswith("# Results\n\nkept\n") and "## Timing tasks" in text
+    assert text.count("| randman | ") == 3 and text.count("| store_recall | ") == 3
+
+
 @pytest.mark.parametrize("rule", ["eprop", "ottt"])
 def test_online_stream(rule):
     online = load_example("online_stream")

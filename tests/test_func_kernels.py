@@ -32,19 +32,33 @@ P = 3
 IN_DIMS = [(0, 0, 0), (0, None, None), (None, 0, None), (None, None, 0), (0, None, 1), (None, 0, 0)]
 
 
+@pytest.fixture(params=["folded", "member_wise"])
+def strategy(request, monkeypatch):
+    """The vmap rule's two ways for batched CPU inputs (ops.VMAP): one folded call, or one per member."""
+    monkeypatch.setitem(ops.VMAP, "member_wise", request.param == "member_wise")
+    return request.param
+
+
+def expected(phases, dims_xs, P=P):
+    """The kernel calls of a vmapped scan: per member where xs is batched and the rule goes member-wise."""
+    if dims_xs is not None and ops.VMAP["member_wise"]:
+        return [(ph, B * N) for ph in phases for _ in range(P)]
+    return [(ph, P * B * N) for ph in phases]
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """Records every kernel call: ``(phase, elements, seed)``."""
     log = []
     fwd, bwd = ops.scan_forward, ops.scan_backward
 
-    def forward(*a):
+    def forward(*a, **kw):
         log.append(("forward", a[0].shape[1], int(a[7])))
-        return fwd(*a)
+        return fwd(*a, **kw)
 
-    def backward(*a):
+    def backward(*a, **kw):
         log.append(("backward", a[0].shape[1], int(a[7])))
-        return bwd(*a)
+        return bwd(*a, **kw)
 
     monkeypatch.setattr(ops, "scan_forward", forward)
     monkeypatch.setattr(ops, "scan_backward", backward)
@@ -110,7 +124,7 @@ def test_grad_and_vmap_grad_every_type(name, calls):
     args = population(name, dims=(0, 0, 0))
     both(name, "round", args, torch.float64, dims=(0, 0, 0))
     # one folded kernel call for the whole population, forward and backward
-    assert calls == [("forward", P * B * N, 0), ("backward", P * B * N, 0)]
+    assert [c[:2] for c in calls] == expected(["forward", "backward"], 0)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -162,10 +176,10 @@ def test_gradient_penalty_every_type(name, calls):
 @pytest.mark.parametrize("rank", [1, 0])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", SOME)
-def test_vmap_grad_configurations(name, dtype, rank, dims, calls):
+def test_vmap_grad_configurations(name, dtype, rank, dims, strategy, calls):
     args = population(name, rank, dtype, dims)
     both(name, "round", args, dtype, dims=dims)
-    assert [c[:2] for c in calls] == [("forward", P * B * N), ("backward", P * B * N)]
+    assert [c[:2] for c in calls] == expected(["forward", "backward"], dims[2])
 
 
 @pytest.mark.parametrize("dims", [(0, 0, 0), (0, None, None), (None, None, 0)])
@@ -181,7 +195,7 @@ def test_vmap_forward_only(name, rank, dims, calls):
         for fast in (True, False)
     ]
     assert_trees_close(outs[0], outs[1], torch.float32)
-    assert [c[0] for c in calls] == ["forward"]
+    assert [c[:2] for c in calls] == expected(["forward"], dims[2])
 
 
 def member_draws(name, quant, seed, S, offset):
@@ -189,32 +203,42 @@ def member_draws(name, quant, seed, S, offset):
     return uniform_draws(seed, T, S, sites)[..., offset : offset + B * N]
 
 
+@pytest.mark.parametrize("dims", [(0, 0, 0), (0, 0, None)])
 @pytest.mark.parametrize("randomness", ["different", "same"])
 @pytest.mark.parametrize("quant", ["bernoulli", "probabilistic"])
 @pytest.mark.parametrize("name", SOME)
-def test_vmap_grad_random_quantizers(name, quant, randomness, calls):
-    """'different': one folded call, member b on the draws of elements b*S...; 'same': one call per
-    member, every member on the same seed's draws. Each member equals the plain loop on its draws."""
-    dims = (0, 0, 0)
+def test_vmap_grad_random_quantizers(name, quant, randomness, dims, strategy, calls):
+    """Each member equals the plain loop on the kernel's draws for it. xs batched: one call per
+    member on its slice, with its own seed ('different') or the one seed ('same'); xs shared and
+    'different': one folded call, member b on the draws of elements b*S...; 'same': one call per
+    member on the one seed."""
     params, state, xs, w = population(name, dims=dims)
     torch.manual_seed(5)
     f = grad_and_value(loss_fn(name, quant, True, w), argnums=(0, 1, 2), has_aux=True)
     fused = vmap(f, in_dims=dims, randomness=randomness)(params, state, xs)
     forwards = [c for c in calls if c[0] == "forward"]
+    backwards = [c for c in calls if c[0] == "backward"]
+    assert [c[1:] for c in forwards] == [c[1:] for c in backwards]  # the backward runs as its forward did
     S = B * N
-    if randomness == "different":
-        assert len(forwards) == 1 and forwards[0][1] == P * S
+    if len(forwards) == 1:
+        assert randomness == "different" and forwards[0][1] == P * S
         draws = [member_draws(name, quant, forwards[0][2], P * S, b * S) for b in range(P)]
-        assert not torch.equal(draws[0], draws[1])
     else:
-        assert len(forwards) == P and len({c[2] for c in forwards}) == 1
-        draws = [member_draws(name, quant, forwards[0][2], S, 0)] * P
+        assert len(forwards) == P and all(c[1] == S for c in forwards)
+        seeds = {c[2] for c in forwards}
+        assert len(seeds) == (P if randomness == "different" else 1)
+        draws = [member_draws(name, quant, c[2], S, 0) for c in forwards]
+    if randomness == "different":
+        assert not torch.equal(draws[0], draws[1])
+    xs_m = xs.movedim(dims[2], 0) if dims[2] is not None else xs.expand(P, *xs.shape)
     for b in range(P):
         member = [tree_leaves(a) for a in (params, state)]
         p = F.SPECS[name].Params(*(t[b] for t in member[0]))
         s = F.SPECS[name].State(*(t[b] for t in member[1]))
         ref = grad_and_value(loss_fn(name, noisy_quant(quant, draws[b]), False, w), argnums=(0, 1, 2), has_aux=True)
-        assert_trees_close([t[b] for t in tree_leaves(fused)], ref(p, s, xs[b]), torch.float64)
+        got = [t[b] for t in tree_leaves(fused)]
+        want = tree_leaves(ref(p, s, xs_m[b]))
+        assert_trees_close(got, want, torch.float64)
 
 
 @pytest.mark.parametrize("quant", ["bernoulli", "probabilistic"])
@@ -257,7 +281,8 @@ def test_nested_vmap_and_grad_of_vmap(calls):
         inner = vmap(g, in_dims=(None, None, 0))
         outs.append(vmap(inner, in_dims=(0, None, None))(params, state, xs))
     assert_trees_close(outs[0], outs[1], torch.float64)
-    assert [c[:2] for c in calls] == [("forward", 2 * P * B * N), ("backward", 2 * P * B * N)]
+    for phase in ("forward", "backward"):  # the inner vmap folds, the outer runs member by member
+        assert sum(c[1] for c in calls if c[0] == phase) == 2 * P * B * N
     calls.clear()
     outs = []
     for fast in (True, False):
@@ -310,12 +335,8 @@ def test_run_of_a_layer_under_functional_call(calls):
 
         outs.append((grad(loss)(params, xs[0]), vmap(grad(loss), in_dims=(None, 0))(params, xs)))
     assert_trees_close(outs[0], outs[1], torch.float64)
-    assert [c[:2] for c in calls] == [
-        ("forward", B * N),
-        ("backward", B * N),
-        ("forward", P * B * N),
-        ("backward", P * B * N),
-    ]
+    # grad: one call each way; then vmap(grad) over xs
+    assert [c[:2] for c in calls] == [("forward", B * N), ("backward", B * N)] + expected(["forward", "backward"], 0)
 
 
 # ---- forward mode -------------------------------------------------------------------------------
@@ -357,35 +378,47 @@ def triton_backend(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("TRACETORCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tt_cache"))
 
-    def forward(xs, state, params, kind, spike, quant, layout, seed, save):
+    def forward(xs, state, params, kind, spike, quant, layout, seed, save, out=None, threads=None):
         xs, state, params = xs.contiguous(), [s.contiguous() for s in state], [p.contiguous() for p in params]
         T_, S = xs.shape
         ys, final = torch.empty_like(xs), [torch.empty_like(s) for s in state]
         saved = xs.new_empty((len(state), T_, S)) if save else xs.new_empty((0,))
+        if out is not None:
+            ys, final, saved = out
         gpu.forward(
             ops.get_kernel(kind, spike, quant), xs, state, params, layout, seed, ys, final, saved if save else None
         )
         return ys, final, saved
 
-    def backward(xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final):
+    def backward(
+        xs, state, params, kind, spike, quant, layout, seed, saved, grad_ys, grad_final, out=None, threads=None
+    ):
         c = lambda t: t.contiguous()
         xs, saved, grad_ys = c(xs), c(saved), c(grad_ys)
         state, params, grad_final = [c(s) for s in state], [c(p) for p in params], [c(g) for g in grad_final]
         gxs, gstate = torch.empty_like(xs), [torch.empty_like(s) for s in state]
         gparams = [xs.new_empty(xs.shape[1]) for _ in params]
+        if out is not None:
+            gxs, gstate, gparams = out
         kernel = ops.get_kernel(kind, spike, quant)
         gpu.backward(kernel, xs, state, params, layout, seed, saved, grad_ys, grad_final, gxs, gstate, gparams)
         return gxs, gstate, gparams
 
     monkeypatch.setattr(ops, "scan_forward", forward)
     monkeypatch.setattr(ops, "scan_backward", backward)
+    # the states after every step, as on CUDA (a vmap rule's member-wise buffers use this)
+    monkeypatch.setattr(ops, "_new_saved", lambda xs, n, save: xs.new_empty((n, *xs.shape) if save else (0,)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("name", ["LIB", "DSRLITS"])
 def test_triton_vmap_grad_and_penalty(name, dtype, triton_backend):
-    args = population(name, 1, dtype, (0, None, 0))
-    both(name, "round", args, dtype, dims=(0, None, 0))
+    for member_wise in (False, True):
+        ops.VMAP["member_wise"] = member_wise
+        try:
+            both(name, "round", population(name, 1, dtype, (0, None, 0)), dtype, dims=(0, None, 0))
+        finally:
+            ops.VMAP["member_wise"] = False
     assert_trees_close(penalty(name, "round", True, dtype), penalty(name, "round", False, dtype), dtype)
 
 

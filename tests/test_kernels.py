@@ -500,8 +500,9 @@ def test_disk_cache_is_used_by_a_new_process(tmp_path):
     )
     env = {**os.environ, "TRACETORCH_CACHE_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
-    built = sorted(tmp_path.glob("tt_*.so"))
-    assert len(built) == 2  # the forward's library and the backward's
+    built = sorted(tmp_path.glob("tt_*"))
+    # the forward's library and the backward's, each with its record (size, SHA-256)
+    assert sorted(p.suffix for p in built) == [".json", ".json", ".so", ".so"]
     stamp = [b.stat().st_mtime_ns for b in built]
     # two processes at once: both load the same file, nothing is rebuilt, no temporary file is left
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(2)]
@@ -519,6 +520,7 @@ def test_build_race_leaves_one_complete_library(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env) for _ in range(3)]
     assert all(p.wait() == 0 for p in procs)
     assert len(list(tmp_path.glob("tt_*.so"))) == 2 and not list(tmp_path.glob("*.c"))  # forward, backward
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".json", ".so", ".so"]  # no build directory left
 
 
 def test_tracetorch_fast_0_makes_fast_none_run_the_plain_loop(tmp_path):

@@ -163,3 +163,37 @@ def test_tracetorch_prebuild_0_turns_it_off(tmp_path):
     env = {**os.environ, "TRACETORCH_PREBUILD": "0", "TRACETORCH_CACHE_DIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_during_a_build_builds_its_own(prebuild, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACETORCH_CACHE_DIR", str(tmp_path))  # an empty cache: real builds
+    real_build = cpu._build
+
+    def slow_build(*args):  # inside the library's build lock
+        time.sleep(0.5)
+        real_build(*args)
+
+    monkeypatch.setattr(cpu, "_build", slow_build)
+    layer = tt.nn.LIB(N, quant_fn="round")
+    time.sleep(0.4)  # both builds are inside their locks now
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's build threads are not here; it must not wait for them
+        code = 1
+        try:
+            xs = torch.randn(4, 2, N)
+            torch.testing.assert_close(tt.nn.run(layer, xs), _plain(layer, xs))
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on its parent's build")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -202,17 +202,37 @@ def test_nan_in_gives_nan_out_and_stays_in_the_state_until_zeroed(name, quant):
 def test_live_states_never_change_dtype():
     layer = make("SLIB")
     layer(torch.ones(B, N))
-    live, copies = states_of(layer), clone_states(layer)
-    with pytest.raises(TypeError, match=r"SLIB: hidden state 'syn' is torch.float32.*computes in torch.float64"):
-        layer(torch.ones(B, N, dtype=torch.float64))
+    live, copies, orig = states_of(layer), clone_states(layer), layer.state
+    layer.state = layer.state._replace(**{n: getattr(layer, n).double() for n in layer.state_names})
+    with pytest.raises(TypeError, match=r"SLIB: hidden state 'syn' is torch.float64.*computes in torch.float32"):
+        layer(torch.ones(B, N))
     with pytest.raises(TypeError, match="never changes dtype"):
-        tt.nn.run(layer, torch.ones(T, B, N, dtype=torch.float64), fast=False)
+        tt.nn.run(layer, torch.ones(T, B, N), fast=False)
+    layer.state = orig
     assert bit_identical(layer, live, copies)
     assert layer(torch.ones(B, N)).dtype == torch.float32  # the next float32 call still works
+
+
+def test_a_wider_input_is_refused_not_rounded_nor_promoted():
+    # issue 19, item 8: a float64 input used to come out float64, and the next nn.Linear failed far from the cause
+    layer = make("SLIB")
+    layer(torch.ones(B, N))
+    live, copies = states_of(layer), clone_states(layer)
+    for call in (lambda: layer(torch.ones(B, N, dtype=torch.float64)),
+                 lambda: tt.nn.run(layer, torch.ones(T, B, N, dtype=torch.float64), fast=False),
+                 lambda: tt.nn.run(layer, torch.ones(T, B, N, dtype=torch.float64))):
+        with pytest.raises(TypeError, match=r"SLIB: the input is torch.float64 but the layer is torch.float32.*x.to"):
+            call()
+        assert bit_identical(layer, live, copies)
     layer.zero_states()
-    assert layer(torch.ones(B, N, dtype=torch.float64)).dtype == torch.float64 and layer.mem.dtype == torch.float64
+    with pytest.raises(TypeError, match="does not round a wider input down"):
+        layer(torch.ones(B, N, dtype=torch.float64))
+    net = nn.Sequential(layer, nn.Linear(N, 2))
+    assert net(torch.ones(B, N, dtype=torch.float16)).dtype == torch.float32  # narrower: widened, Linear works
+    layer.zero_states()
     layer.double()  # .to(dtype) converts params and states together
-    assert layer(torch.ones(B, N, dtype=torch.float64)).dtype == torch.float64
+    assert layer(torch.ones(B, N, dtype=torch.float64)).dtype == torch.float64 and layer.mem.dtype == torch.float64
+    assert layer(torch.ones(B, N)).dtype == torch.float64  # float32 into a float64 layer: widened
 
 
 @pytest.mark.parametrize("rank", [0, 1])

@@ -9,7 +9,7 @@ __version__ = "0.16.0"
 
 from . import datasets, encode, functional, learn, loss, nir, nn, plot, snn, state
 from .monitoring import Recorder, monitor
-from .nn import TTLayer, TTModel, functional_call
+from .nn import TTLayer, TTModel, functional_call, functional_run
 
 __all__ = [
     "functional",
@@ -27,5 +27,6 @@ __all__ = [
     "TTLayer",
     "TTModel",
     "functional_call",
+    "functional_run",
     "__version__",
 ]

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from ._keywords import keywords
+
 __all__ = ["rate", "latency", "delta", "population"]
 
 
@@ -41,6 +43,7 @@ def _check_number(fn: str, name: str, value: object, positive: bool = False) -> 
     return float(value)
 
 
+@keywords
 def rate(
     x: torch.Tensor,
     num_steps: int,
@@ -90,6 +93,7 @@ def rate(
     return (noise.detach() < p).to(x.dtype)
 
 
+@keywords
 def latency(
     x: torch.Tensor,
     num_steps: int,
@@ -153,6 +157,7 @@ def latency(
     return ((steps == t) & fires).to(x.dtype)
 
 
+@keywords
 def delta(signal: torch.Tensor, threshold: float | torch.Tensor = 0.1, *, off_spikes: bool = True) -> torch.Tensor:
     """Delta (send-on-change) coding of a ``[T, ...]`` signal.
 
@@ -195,6 +200,7 @@ def delta(signal: torch.Tensor, threshold: float | torch.Tensor = 0.1, *, off_sp
     return torch.stack(out)
 
 
+@keywords
 def population(
     x: torch.Tensor,
     num_neurons: int,

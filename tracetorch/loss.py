@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._keywords import keywords
+
 __all__ = [
     "count_cross_entropy",
     "membrane_cross_entropy",
@@ -82,6 +84,7 @@ def count_cross_entropy(spikes: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return F.cross_entropy(spikes.sum(0), targets)
 
 
+@keywords
 def membrane_cross_entropy(mem: torch.Tensor, targets: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
     """Cross-entropy on membrane potentials (e.g. of a non-firing ``LI`` readout layer).
 
@@ -111,6 +114,7 @@ def membrane_cross_entropy(mem: torch.Tensor, targets: torch.Tensor, reduce: str
     return F.cross_entropy(logits, targets)
 
 
+@keywords
 def rate_mse(spikes: torch.Tensor, targets: torch.Tensor, on_rate: float = 0.8, off_rate: float = 0.2) -> torch.Tensor:
     """Mean squared error between firing rates and target rates.
 
@@ -195,6 +199,7 @@ def _penalty(excess: torch.Tensor, kind: str) -> torch.Tensor:
     return (excess**2 if kind == "l2" else excess.abs()).mean()
 
 
+@keywords
 def firing_rate_regularizer(spikes: torch.Tensor, target_rate: float = 0.1, kind: str = "l2") -> torch.Tensor:
     """Keep every neuron near a target firing rate.
 
@@ -217,6 +222,7 @@ def firing_rate_regularizer(spikes: torch.Tensor, target_rate: float = 0.1, kind
     return _penalty(rates - _check_number(fn, "target_rate", target_rate), kind)
 
 
+@keywords
 def firing_rate_upper_bound(spikes: torch.Tensor, max_rate: float = 0.2, kind: str = "l2") -> torch.Tensor:
     """Penalise neurons that fire more than ``max_rate``; quieter ones cost nothing.
 

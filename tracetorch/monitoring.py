@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._keywords import keywords
 from .functional.neurons import _generic_step
 from .nn.layer import TTLayer
 from .nn.walk import named_layers
@@ -242,6 +243,7 @@ def _stack(path: str, what: str, tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors)
 
 
+@keywords
 def monitor(
     model: nn.Module, layers: list[str | TTLayer] | None = None, states: bool = True, *, device: Any = None
 ) -> Recorder:

@@ -107,6 +107,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ._keywords import keywords
 from .functional.constraints import ACTIVATIONS, INVERSES
 from .functional.neurons import RESETS
 from .functional.spikes import Atan, Erf, FastSigmoid, Sigmoid, Triangle, round_st, sigmoid4x
@@ -491,6 +492,7 @@ def _export_avg_pool(nir: Any, what: str, module: nn.AvgPool2d, x: torch.Tensor)
     return nir.SumPool2d(**args) if module.divisor_override == 1 else nir.AvgPool2d(**args)
 
 
+@keywords
 def export(model: nn.Module, sample_input: torch.Tensor, dt: float = 1.0) -> nir_pkg.NIRGraph:
     """Export ``model`` to a ``nir.NIRGraph``.
 
@@ -853,6 +855,7 @@ def _import_node(nir: Any, name: str, node: Any, dt: float, reset: str | None, p
     )
 
 
+@keywords
 def import_(graph: nir_pkg.NIRGraph, dt: float | None = None, reset: str | None = None) -> NIRModel:
     """Build a tracetorch model from a chain-shaped ``nir.NIRGraph``.
 

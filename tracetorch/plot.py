@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from ._keywords import keywords
+
 __all__ = ["raster", "membrane", "rate_histogram"]
 
 #: Neurons drawn by :func:`membrane` when ``neurons`` is not given.
@@ -73,6 +75,7 @@ def _as_2d(fn: str, name: str, x: Any, layout: str = "[T, N] or [T, B, N]") -> t
     return x
 
 
+@keywords
 def raster(
     spikes: torch.Tensor,
     *,
@@ -137,6 +140,7 @@ def _layer_thresholds(layer: Any) -> tuple[Any, Any]:
     return None, None
 
 
+@keywords
 def membrane(
     traces: torch.Tensor,
     *,
@@ -219,6 +223,7 @@ def membrane(
     return fig
 
 
+@keywords
 def rate_histogram(
     rates: Mapping[str, torch.Tensor],
     *,

@@ -59,7 +59,7 @@ def li_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -69,7 +69,7 @@ def dli_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -79,7 +79,7 @@ def sli_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -89,7 +89,7 @@ def dsli_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -99,7 +99,7 @@ def lib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -109,7 +109,7 @@ def dlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -119,7 +119,7 @@ def slib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -129,7 +129,7 @@ def rlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -139,7 +139,7 @@ def dslib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -149,7 +149,7 @@ def drlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -159,7 +159,7 @@ def srlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -169,7 +169,7 @@ def dsrlib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -179,7 +179,7 @@ def lit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -189,7 +189,7 @@ def dlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -199,7 +199,7 @@ def slit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -209,7 +209,7 @@ def rlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -219,7 +219,7 @@ def dslit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -229,7 +229,7 @@ def drlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -239,7 +239,7 @@ def srlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -249,7 +249,7 @@ def dsrlit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -259,7 +259,7 @@ def lits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -269,7 +269,7 @@ def dlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -279,7 +279,7 @@ def slits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -289,7 +289,7 @@ def rlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -299,7 +299,7 @@ def dslits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -309,7 +309,7 @@ def drlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -319,7 +319,7 @@ def srlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -329,7 +329,7 @@ def dsrlits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -339,7 +339,7 @@ def alib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -349,7 +349,7 @@ def dalib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -359,7 +359,7 @@ def salib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -369,7 +369,7 @@ def ralib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -379,7 +379,7 @@ def dsalib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -389,7 +389,7 @@ def dralib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -399,7 +399,7 @@ def sralib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -409,7 +409,7 @@ def dsralib_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -419,7 +419,7 @@ def alit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -429,7 +429,7 @@ def dalit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -439,7 +439,7 @@ def salit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -449,7 +449,7 @@ def ralit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -459,7 +459,7 @@ def dsalit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -469,7 +469,7 @@ def dralit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -479,7 +479,7 @@ def sralit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -489,7 +489,7 @@ def dsralit_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -499,7 +499,7 @@ def alits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -509,7 +509,7 @@ def dalits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -519,7 +519,7 @@ def salits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -529,7 +529,7 @@ def ralits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -539,7 +539,7 @@ def dsalits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -549,7 +549,7 @@ def dralits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -559,7 +559,7 @@ def sralits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...
@@ -569,7 +569,7 @@ def dsralits_step(
     state: Any,
     x: Tensor,
     *,
-    spike_fn: Callable[[Tensor], Tensor] = ...,
+    spike_fn: str | Callable[[Tensor], Tensor] = ...,
     quant_fn: str | Callable[[Tensor], Tensor] = 'bernoulli',
     reset: str = 'subtract',
 ) -> tuple[Tensor, Any]: ...

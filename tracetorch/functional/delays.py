@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .._keywords import keywords
+
 __all__ = [
     "DelayParams",
     "DelayState",
@@ -82,6 +84,7 @@ def _history(state: DelayState, xs: torch.Tensor, owner: str) -> tuple[torch.Ten
     return torch.cat([buffer, xs.to(buffer.dtype) if xs.dtype != buffer.dtype else xs]), buffer.shape[0]
 
 
+@keywords
 def delay_scan(
     params: DelayParams, state: DelayState, xs: torch.Tensor, *, exact: bool = False
 ) -> tuple[torch.Tensor, DelayState]:
@@ -112,6 +115,7 @@ def delay_scan(
     return ys, DelayState(full[T:].clone())
 
 
+@keywords
 def delay_step(
     params: DelayParams, state: DelayState, x: torch.Tensor, *, exact: bool = False
 ) -> tuple[torch.Tensor, DelayState]:

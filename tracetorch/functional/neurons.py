@@ -34,8 +34,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._keywords import keywords
 from .constraints import INVERSES, _short
-from .spikes import Quantizer, resolve_quantizer, sigmoid4x
+from .spikes import Quantizer, SpikeFn, resolve_quantizer, resolve_spike_fn, sigmoid4x
 
 __all__ = [
     "ParamSpec",
@@ -195,12 +196,14 @@ class NeuronSpec:
         state: Any,
         x: torch.Tensor,
         *,
-        spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
+        spike_fn: SpikeFn = sigmoid4x,
         quant_fn: Quantizer = "bernoulli",
     ) -> tuple[torch.Tensor, Any]:
         """One timestep of this type (docs/maths.md, "One timestep"), with this spec's reset. See :func:`make_step`."""
         check_step_args(self, params, state, x, f"{self.name}.step")
-        return _generic_step(self, params, state, x, spike_fn, resolve_quantizer(quant_fn, self.name))
+        return _generic_step(
+            self, params, state, x, resolve_spike_fn(spike_fn, f"{self.name}.step"), resolve_quantizer(quant_fn, self.name)
+        )
 
 
 def resolve_reset(spec: NeuronSpec, reset: Any, where: str) -> NeuronSpec:
@@ -401,13 +404,15 @@ def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
         state: Any,
         x: torch.Tensor,
         *,
-        spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
+        spike_fn: SpikeFn = sigmoid4x,
         quant_fn: Quantizer = "bernoulli",
         reset: str = "subtract",
     ) -> tuple[torch.Tensor, Any]:
         check_step_args(spec, params, state, x, f"{lower}_step")
         run = resolve_reset(spec, reset, f"{lower}_step")
-        return _generic_step(run, params, state, x, spike_fn, resolve_quantizer(quant_fn, spec.name))
+        return _generic_step(
+            run, params, state, x, resolve_spike_fn(spike_fn, f"{lower}_step"), resolve_quantizer(quant_fn, spec.name)
+        )
 
     step.__name__ = step.__qualname__ = f"{lower}_step"
     step.__module__ = "tracetorch.functional"
@@ -434,12 +439,12 @@ def make_step(spec: NeuronSpec) -> Callable[..., tuple[torch.Tensor, Any]]:
         f"Args:\n    params: ``{spec.name}Params({', '.join(spec.param_names)})``, activated tensors, each ``[]`` or ``[N]``.\n"
         f"    state: ``{spec.name}State({', '.join(spec.state_names)})``, each shaped like ``x``.\n"
         f"    x: input ``[..., N]``, neuron dimension last.\n"
-        f"    spike_fn: distance to threshold -> firing probability (default ``sigmoid4x``).\n"
+        f"    spike_fn: distance to threshold -> firing probability (default ``sigmoid4x``), or its name (``\"atan\"``, ...).\n"
         f'    quant_fn: ``"round"``, ``"bernoulli"`` (default), ``"probabilistic"`` or a callable.\n'
         f'    reset: ``"subtract"`` (default) or ``"zero"`` (firing types only).\n\n'
         f"Returns:\n    ``(y, new_state)``: ``y`` shaped like ``x``; a new ``{spec.name}State``."
     )
-    return step
+    return keywords(step)
 
 
 def _param_error(owner: str, name: str, what: str, value: Any) -> ValueError:
@@ -574,6 +579,7 @@ def check_num_neurons(owner: str, num_neurons: Any) -> int:
     return int(num_neurons)
 
 
+@keywords
 def init_params(
     name_or_spec: str | NeuronSpec,
     num_neurons: int,

@@ -34,6 +34,7 @@ __all__ = [
     "Erf",
     "sigmoid4x",
     "SPIKE_FUNCTIONS",
+    "resolve_spike_fn",
     "round_st",
     "bernoulli_st",
     "probabilistic_st",
@@ -42,6 +43,7 @@ __all__ = [
     "QUANTIZERS",
     "resolve_quantizer",
     "Quantizer",
+    "SpikeFn",
 ]
 
 
@@ -113,6 +115,29 @@ SPIKE_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "triangle": Triangle(),
     "erf": Erf(),
 }
+
+
+SpikeFn = Union[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def resolve_spike_fn(spike_fn: SpikeFn, owner: str = "spike_fn") -> Callable[[torch.Tensor], torch.Tensor]:
+    """A spike function given by name (a key of :data:`SPIKE_FUNCTIONS`: ``"sigmoid"``,
+    ``"fast_sigmoid"``, ``"atan"``, ``"triangle"``, ``"erf"``, ``"sigmoid4x"``, each with its default
+    slope) or as a callable, as the callable; an unknown name is a ``ValueError`` listing the names."""
+    if isinstance(spike_fn, str):
+        try:
+            return SPIKE_FUNCTIONS[spike_fn]
+        except KeyError:
+            raise ValueError(
+                f"{owner}: spike_fn must be one of {sorted(SPIKE_FUNCTIONS)} (each with its default slope; "
+                f"tracetorch.functional.Atan(alpha=...) etc. for another) or a callable, received {spike_fn!r}"
+            ) from None
+    if callable(spike_fn):
+        return spike_fn
+    raise TypeError(
+        f"{owner}: spike_fn must be a name ({', '.join(sorted(SPIKE_FUNCTIONS))}) or a callable, "
+        f"received {type(spike_fn).__name__}"
+    )
 
 
 class _RoundST(torch.autograd.Function):

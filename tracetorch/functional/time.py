@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from .._keywords import keywords
 from .neurons import SPECS, NeuronSpec, _generic_step, check_step_args, resolve_reset
-from .spikes import Quantizer, resolve_quantizer, sigmoid4x
+from .spikes import Quantizer, SpikeFn, resolve_quantizer, resolve_spike_fn, sigmoid4x
 
 __all__ = ["scan", "scan_spec", "builtin_spec", "check_fast"]
 
@@ -51,6 +52,7 @@ def _check_chunk(owner: str, chunk: Any) -> None:
     )
 
 
+@keywords
 def scan(
     step: Callable[..., tuple[torch.Tensor, Any]],
     params: Any,
@@ -59,9 +61,10 @@ def scan(
     *,
     fast: bool | None = None,
     chunk: int | None = None,
+    time_dim: int = 0,
     **step_kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """Run ``step`` over the leading time dimension of ``xs``.
+    """Run ``step`` over the time dimension of ``xs``: time-first ``[T, ...]`` (``time_dim=1`` for ``[B, T, ...]``).
 
     Args:
         step: a pure ``step(params, state, x, **step_kwargs) -> (y, state)``.
@@ -75,6 +78,9 @@ def scan(
             kernels; any other pure elementwise step is traced into one
             (:func:`tracetorch.functional.kernels.explain` says why a step is not).
         chunk: accepted for compatibility; it has no effect (a ``FutureWarning`` says so).
+        time_dim: ``0`` (default): ``xs`` is ``[T, ...]``; ``1``: batch-first ``[B, T, ...]``, read
+            through a transposed view (the fused kernels copy it once, as ``.contiguous()``), and
+            ``ys`` comes back ``[B, T, ...]`` (a view). The state is one step's shape either way.
         **step_kwargs: passed to every ``step`` call (``spike_fn``, ``quant_fn``, ``reset`` for built-in steps).
 
     Returns:
@@ -83,6 +89,13 @@ def scan(
     fast = check_fast("scan", fast)
     if not isinstance(xs, torch.Tensor) or xs.dim() < 1:
         raise ValueError(f"scan: xs must be a tensor [T, ...] with a leading time dimension, received {_describe(xs)}")
+    if isinstance(time_dim, bool) or time_dim not in (0, 1):
+        raise ValueError(f"scan: time_dim must be 0 (xs [T, ...]) or 1 (batch-first [B, T, ...]), received {time_dim!r}")
+    if time_dim == 1:
+        if xs.dim() < 2:
+            raise ValueError(f"scan: time_dim=1 needs xs of at least 2 dims [B, T, ...], received {_describe(xs)}")
+        ys, final = scan(step, params, state, xs.transpose(0, 1), fast=fast, chunk=chunk, **step_kwargs)
+        return ys.transpose(0, 1), final
     if xs.shape[0] == 0:
         raise ValueError(f"scan: xs must hold at least one timestep, received shape {list(xs.shape)}")
     _check_chunk("scan", chunk)
@@ -90,7 +103,10 @@ def scan(
     if spec is not None and fast is not False:
         unknown = sorted(set(step_kwargs) - {"spike_fn", "quant_fn", "reset"})
         if unknown:
-            raise TypeError(f"scan: {step.__name__} got unexpected keyword argument(s) {unknown}")
+            raise TypeError(
+                f"scan: unknown keyword argument(s) {unknown}; valid keywords: fast, chunk, time_dim (scan's own) and "
+                f"spike_fn, quant_fn, reset (passed to {step.__name__})"
+            )
         return scan_spec(
             resolve_reset(spec, step_kwargs.get("reset", "subtract"), f"scan({step.__name__})"),
             params,
@@ -113,7 +129,7 @@ def scan_spec(
     state: Any,
     xs: torch.Tensor,
     *,
-    spike_fn: Callable[[torch.Tensor], torch.Tensor] = sigmoid4x,
+    spike_fn: SpikeFn = sigmoid4x,
     quant_fn: Quantizer = "bernoulli",
     fast: bool | None = None,
 ) -> tuple[torch.Tensor, Any]:
@@ -126,6 +142,7 @@ def scan_spec(
     from . import kernels
 
     check_step_args(spec, params, state, xs[0], f"scan({spec.name.lower()}_step)")
+    spike_fn = resolve_spike_fn(spike_fn, f"scan({spec.name.lower()}_step)")
     quant = resolve_quantizer(quant_fn, spec.name)
     if fast is not False and (fast or kernels.config.auto):
         reason = kernels.kernel_reason(spec, params, state, xs, spike_fn, quant_fn)
@@ -137,7 +154,7 @@ def scan_spec(
             except kernels.BuildError as err:  # no C compiler, or it failed: loud, and the plain loop
                 if fast:
                     raise ValueError(f"scan: fast=True cannot run here: {err}") from err
-                kernels.warn_no_compiler(str(err).splitlines()[0])
+                kernels.warn_no_compiler(str(err))
         elif fast:
             raise ValueError(f"scan: fast=True cannot run here: {reason}")
     ys = []

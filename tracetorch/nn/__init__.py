@@ -6,7 +6,7 @@ name, so static tools see them; ``tracetorch/nn/neurons.pyi`` gives their signat
 
 from .delays import Delay, DelayedLinear
 from .layer import TTLayer
-from .model import TTModel, functional_call
+from .model import TTModel, functional_call, functional_run
 from .neurons import (
     ALIB,
     ALIT,
@@ -62,6 +62,7 @@ from .neurons import (
     SRLIT,
     SRLITS,
     NeuronLayer,
+    defaults,
     unknown_type_message,
 )
 from .sequence import plan, register_stateless, run, scan_layer, stateless
@@ -72,6 +73,8 @@ __all__ = [
     "NeuronLayer",
     "LAYERS",
     "functional_call",
+    "functional_run",
+    "defaults",
     "run",
     "scan_layer",
     "plan",

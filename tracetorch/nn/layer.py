@@ -17,13 +17,15 @@ existing ``raw_<name>`` in place, under ``no_grad``, so the param keeps its kind
 or buffer), rank, dtype, device and identity (an optimizer holding it keeps working). A tensor
 of shape ``[num_neurons]`` is refused for a scalar (rank 0) param: the rank does not change.
 
-dtypes: a layer computes in ``torch.promote_types(input dtype, params dtype)``: a float16 or
-bfloat16 input into a float32 layer is computed, returned and stored in float32; a float64 input
-into a float32 layer in float64. The hidden states take that dtype when created (the first call,
-after ``zero_states()``), and a live state never changes dtype: an input that would compute in
-another dtype is refused with a ``TypeError`` (call ``zero_states()`` first, or convert the whole
-layer with ``.to(dtype)``, which converts params and states). Inputs must be real floating
-tensors (complex, integer and bool inputs are refused).
+dtypes: a layer computes in its own dtype, its params' (the input's, for a layer without params):
+a float16 or bfloat16 input into a float32 layer is widened, computed, returned and stored in
+float32; a wider input (float64 into a float32 layer) is refused with a ``TypeError`` saying to
+convert the input or the whole layer (``.to(dtype)`` converts params and states), never rounded
+down silently nor computed in float64 (which the next float32 ``nn.Linear`` would refuse, far from
+the cause). The hidden states take the layer's dtype when created, and a live state never changes
+dtype: a call that would compute in another (states set by hand in another dtype) is refused
+with a ``TypeError`` (call ``zero_states()`` first). Inputs must be real floating tensors
+(complex, integer and bool inputs are refused).
 
 No output aliases a state: where a step returns a state tensor itself as the output (the LI
 family's ``y = mem``, the recurrent types' ``prev_output = y``), the layer hands out a copy, so an
@@ -333,11 +335,27 @@ class TTLayer(nn.Module):
         self._bump()
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
-        """The dtype a call on ``x`` computes in: ``promote_types`` of the input's and the params' dtypes."""
-        dtype = x.dtype
+        """The dtype a call on ``x`` computes in: the layer's own (its params'), the input's if it has none.
+
+        A narrower input (float16 or bfloat16 into a float32 layer) is widened exactly; a wider one
+        (float64 into a float32 layer) is refused with a ``TypeError``, as rounding it down would
+        lose precision without a word and computing in it would hand the next module (an
+        ``nn.Linear`` in float32) a dtype it refuses far from the cause.
+        """
+        own = None
         for name in self._tt_params:
-            dtype = torch.promote_types(dtype, self._raw(name).dtype)
-        return dtype
+            d = self._raw(name).dtype
+            own = d if own is None else torch.promote_types(own, d)
+        if own is None:
+            return x.dtype
+        if torch.promote_types(x.dtype, own) != own:
+            raise TypeError(
+                f"{type(self).__name__}: the input is {x.dtype} but the layer is {own}; a layer computes in its "
+                f"own dtype and widens narrower inputs (float16, bfloat16 into float32), but does not round a "
+                f"wider input down: convert the input (x.to({own})) or the whole layer (layer.to({x.dtype}), "
+                "model.to(...)), which converts its params and states"
+            )
+        return own
 
     def _ensure_states(self, ref: torch.Tensor, dtype: torch.dtype | None = None) -> None:
         """Create zero states like ``ref`` (input layout, in ``dtype``) where they are ``None``; check the others.
@@ -353,7 +371,8 @@ class TTLayer(nn.Module):
                 continue
             if t.shape != ref.shape:
                 hint = (
-                    "call zero_states() (model.zero_states()) when the batch size changes"
+                    "call zero_states() (model.zero_states()) when the batch size changes (in sequence mode, "
+                    "dim 0 of xs is time: time_dim=1 for batch-first [B, T, ...] data)"
                     if t.dim() == ref.dim()
                     else f"the input has rank {ref.dim()}, the state rank {t.dim()}: in sequence mode "
                     "(model.run, tt.nn.run) dim 0 of xs is time, so xs must be [T, <one step's input shape>]"
@@ -427,7 +446,7 @@ class TTLayer(nn.Module):
 
         if not kernels.config.auto or type(x) is not torch.Tensor or x.device.type != "cpu":
             return False
-        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        if kernels.tracing() or torch._C._are_functorch_transforms_active():  # per-call facts only
             return False
         return x.numel() >= kernels.config.step_min_elements
 

@@ -8,18 +8,24 @@ rec weights, then the A types' ``rho`` and ``adapt_gain``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
+from .._keywords import keyword_message
 from ..functional import kernels
 from ..functional import neurons as core
-from ..functional.spikes import resolve_quantizer, sigmoid4x
+from ..functional.spikes import resolve_quantizer, resolve_spike_fn, sigmoid4x
 from .layer import TTLayer
 
-__all__ = ["NeuronLayer", "LAYERS", *core.NAMES]
+__all__ = ["NeuronLayer", "LAYERS", "defaults", *core.NAMES]
+
+# construction defaults set by tt.nn.defaults(...): a context variable, so threads and tasks keep their own
+_DEFAULTS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("tracetorch_defaults", default=None)
 
 _P = inspect.Parameter
 
@@ -48,7 +54,10 @@ class NeuronLayer(TTLayer):
         try:
             bound = cls._signature.bind(self, *args, **kwargs)
         except TypeError as err:
-            raise TypeError(f"{cls.__name__}: {err}; signature {cls.__name__}{cls.__signature__}") from None
+            raise TypeError(keyword_message(cls.__name__, cls.__signature__, kwargs, err)) from None
+        for key, value in (_DEFAULTS.get() or {}).items():  # tt.nn.defaults(...): only what the call did not say
+            if key in cls._signature.parameters and key not in bound.arguments:
+                bound.arguments[key] = value
         bound.apply_defaults()
         a = bound.arguments
         super().__init__(a["num_neurons"], a["dim"])
@@ -85,7 +94,9 @@ class NeuronLayer(TTLayer):
 
     @property
     def spike_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Distance to threshold -> firing probability. Assignable (validated: a callable); every path uses it."""
+        """Distance to threshold -> firing probability. Assignable: a callable or a name (``"atan"``,
+        ``"fast_sigmoid"``, ... see :func:`tracetorch.functional.spikes.resolve_spike_fn`), stored as
+        the callable; every path uses it."""
         return self.__dict__["_spike_fn"]
 
     @spike_fn.setter
@@ -93,8 +104,7 @@ class NeuronLayer(TTLayer):
         owner = type(self).__name__
         if not self.spec.fires:
             raise ValueError(f"{owner}: a leaky integrator has no firing head, spike_fn does not apply")
-        if not callable(value):
-            raise TypeError(f"{owner}: spike_fn must be callable, received {type(value).__name__}")
+        value = resolve_spike_fn(value, owner)
         self._modules.pop("spike_fn", None)
         if isinstance(value, torch.nn.Module):  # its params and buffers move with the layer, as before
             self._modules["spike_fn"] = value
@@ -166,17 +176,32 @@ class NeuronLayer(TTLayer):
         faster than the op-by-op step (``tracetorch.functional.kernels.config``); the same
         results, and for the random quantizers the same distribution, drawn as the kernels draw.
         """
-        if self._takes_step_kernel(x):
-            y = self._kernel_step(x)
-            if y is not None:
-                return y
-        return super().forward(x)
+        y = self._kernel_step(x) if self._takes_step_kernel(x) else None
+        if y is None:
+            y = super().forward(x)
+        if self.return_mem:
+            return y, self.membrane  # type: ignore[return-value]
+        return y
+
+    #: ``True``: each call returns ``(output, membrane)``, as snnTorch's ``spk, mem = lif(x)``
+    #: (:attr:`membrane`, after this step's reset). Default ``False``: the output alone.
+    #: Sequence mode (``tt.nn.run``) then runs the layer step by step and returns both, stacked.
+    return_mem: bool = False
+
+    @property
+    def membrane(self) -> torch.Tensor | None:
+        """The membrane potential now (after the last step's reset), shaped like the input; ``None``
+        before the first call. ``mem``; for the dual types ``pos_mem + neg_mem`` (docs/maths.md, "One timestep")."""
+        if self.spec.dual:
+            pos, neg = self.__dict__.get("pos_mem"), self.__dict__.get("neg_mem")
+            return None if pos is None or neg is None else pos + neg
+        return self.__dict__.get("mem")
 
     def _takes_step_kernel(self, x: Any) -> bool:
         if not kernels.config.auto or type(self).step is not NeuronLayer.step:
             return False
-        if type(x) is not torch.Tensor or x.device.type != "cpu" or torch.compiler.is_compiling():
-            return False  # under torch.compile the op-by-op step is what inductor fuses
+        if type(x) is not torch.Tensor or x.device.type != "cpu" or kernels.tracing():
+            return False  # under torch.compile the op-by-op step is what inductor fuses (per-call fact)
         return x.numel() >= kernels.config.step_min_elements and not torch._C._are_functorch_transforms_active()
 
     def _kernel_step(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -192,7 +217,7 @@ class NeuronLayer(TTLayer):
         try:
             ys, new = kernels.kernel_scan(self.spec, spike, quant_name, params, state, xs)
         except kernels.BuildError as err:
-            kernels.warn_no_compiler(str(err).splitlines()[0])
+            kernels.warn_no_compiler(str(err))
             return None
         for n, t in zip(self._state_names, new):
             object.__setattr__(self, n, t)
@@ -270,6 +295,46 @@ def _make_layer(spec: core.NeuronSpec) -> type:
         },
     )
     return cls
+
+
+def _all_keywords() -> list[str]:
+    names = {n for cls in LAYERS.values() for n in cls.__signature__.parameters if n != "num_neurons"}
+    return sorted(names)
+
+
+@contextlib.contextmanager
+def defaults(**kwargs: Any) -> Iterator[None]:
+    """Construction defaults for the built-in layers inside ``with``: ``with tt.nn.defaults(quant_fn="round"): ...``.
+
+    Each keyword is any constructor argument of the 28 layers (``quant_fn``, ``spike_fn``, ``beta``,
+    ``learn_beta``, ``dim``, ...); a layer built inside the block takes it where its signature has
+    it and the call did not give it (an explicit argument wins). It affects **construction only**:
+    layers built before the block, and everything a layer does after it is built, are untouched,
+    and leaving the block restores the previous defaults (blocks nest; each thread and task keeps
+    its own). ``quant_fn`` and ``spike_fn`` are checked on entry; an unknown keyword is a
+    ``TypeError`` that lists the valid ones.
+    """
+    valid = _all_keywords()
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        raise TypeError(
+            keyword_message(
+                "defaults",
+                inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in valid]),
+                kwargs,
+                TypeError(),
+                show_signature=False,
+            )
+        )
+    if "quant_fn" in kwargs:
+        resolve_quantizer(kwargs["quant_fn"], "defaults")
+    if "spike_fn" in kwargs:
+        resolve_spike_fn(kwargs["spike_fn"], "defaults")
+    token = _DEFAULTS.set({**(_DEFAULTS.get() or {}), **kwargs})
+    try:
+        yield
+    finally:
+        _DEFAULTS.reset(token)
 
 
 #: Names other libraries (and textbooks) use for our types, for the error of an unknown name.

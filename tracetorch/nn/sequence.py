@@ -42,6 +42,7 @@ from __future__ import annotations
 import dis
 import inspect
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from .._keywords import keywords
+from ..functional.kernels.context import tracing
 from ..functional.time import _check_chunk, _custom_kernel, _loop, check_fast, kernels_auto, scan_spec
 from .layer import TTLayer
 from .neurons import NeuronLayer
@@ -268,7 +271,7 @@ def plan(model: nn.Module, xs: torch.Tensor) -> list[tuple[str, nn.Module]] | No
     for m in chain:
         if _hooked(m) or _replaced(m):
             out.append(("step", m))  # its hooks (tt.monitor's, say) see the T per-step calls they expect
-        elif isinstance(m, TTLayer):
+        elif isinstance(m, TTLayer) and not getattr(m, "return_mem", False):
             out.append(("neuron", m))
         elif step_rank >= 2 and not _has_layers(m) and _foldable(m, step_rank):
             out.append(("fold", m))
@@ -309,6 +312,7 @@ def _per_step(m: Callable[[Any], Any], xs: torch.Tensor) -> Any:
     return _stack([m(x) for x in xs.unbind(0)])
 
 
+@keywords
 def scan_layer(layer: TTLayer, xs: torch.Tensor, fast: bool | None = None, chunk: int | None = None) -> torch.Tensor:
     """One neuron layer over ``xs`` ``[T, ...]`` (each step shaped as the layer's per-step input).
 
@@ -357,7 +361,7 @@ def _unaliased(state: Any, ys: torch.Tensor) -> list[torch.Tensor]:
     the storage is not reachable; the plain loop there stacks the outputs into a new tensor).
     """
     out = list(state)
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or type(ys) is not torch.Tensor:
+    if tracing() or torch._C._are_functorch_transforms_active() or type(ys) is not torch.Tensor:
         return out
     base = ys.untyped_storage().data_ptr()
     return [t.clone() if type(t) is torch.Tensor and t.untyped_storage().data_ptr() == base else t for t in out]
@@ -443,6 +447,7 @@ def _positive(name: str, value: Any) -> int | None:
     return value
 
 
+@keywords
 def run(
     model: nn.Module,
     xs: torch.Tensor,
@@ -451,8 +456,11 @@ def run(
     chunk: int | None = None,
     checkpoint: int | None = None,
     detach_every: int | None = None,
+    time_dim: int = 0,
 ) -> Any:
-    """Feed a whole sequence through ``model``: the outputs of ``T`` per-step calls, in one call.
+    """Feed a whole **time-first** ``[T, B, ...]`` sequence through ``model`` (``time_dim=1`` for ``[B, T, ...]``).
+
+    The outputs of ``T`` per-step calls, in one call.
 
     Args:
         model: an ``nn.Sequential`` of stateless modules and neuron layers, a TTLayer, or a model
@@ -474,9 +482,17 @@ def run(
             more forward's time.
         detach_every: truncated BPTT: the hidden states are detached after every ``detach_every``
             steps (counted from this call's first step), so gradients flow back at most that far.
+        time_dim: which dimension of ``xs`` is time: ``0`` (default, ``[T, B, ...]``) or ``1``
+            (batch-first ``[B, T, ...]``, as snnTorch's and many data loaders' batches). With ``1``
+            the outputs come back batch-first too; ``xs`` is read through a transposed view (no
+            copy on the way in where the modules read it strided; the fused kernels and folded
+            modules copy it once, as ``.contiguous()``), and the outputs are views. Which layout a
+            tensor has cannot be told from its shape on a fresh model; once layers hold states,
+            a call whose ``T`` and ``B`` look swapped against them is refused, saying so.
 
     Returns:
-        ``[T, B, ...]``, the stacked per-step outputs (a pytree of those if the model returns one).
+        ``[T, B, ...]`` (``[B, T, ...]`` with ``time_dim=1``), the stacked per-step outputs (a
+        pytree of those if the model returns one).
         Every neuron layer's state is left where ``T`` per-step calls would leave it. If the call
         fails, every state is put back as it was before it.
     """
@@ -487,6 +503,7 @@ def run(
             "run: xs must be a tensor [T, ...] with a leading time dimension, received "
             f"{list(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__}"
         )
+    xs = time_first("run", xs, time_dim)
     if xs.shape[0] == 0:
         raise ValueError(f"run: xs must hold at least one timestep, received shape {list(xs.shape)}")
     fast = check_fast("run", fast)
@@ -494,11 +511,15 @@ def run(
     checkpoint, detach_every = _positive("checkpoint", checkpoint), _positive("detach_every", detach_every)
     steps = plan(model, xs)
     layers = [layer for _, layer in named_layers(model)]
+    _check_layout(layers, xs, time_dim)
+    if torch.is_grad_enabled():
+        _warn_freed_graph(layers)
     if fast and layers:
         _insist(model, steps)
     saved = [(layer, [layer.__dict__.get(n) for n in layer.state_names]) for layer in layers]
     try:
-        return _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every)
+        ys = _run(model, xs, steps, layers, fast, chunk, checkpoint, detach_every)
+        return ys if time_dim == 0 else optree.tree_map(lambda y: y.transpose(0, 1), ys)
     except BaseException:
         for layer, values in saved:  # a failed run leaves every state as it was
             for n, t in zip(layer.state_names, values):
@@ -506,6 +527,123 @@ def run(
         raise
 
 
+def _check_layout(layers: list[TTLayer], xs: torch.Tensor, time_dim: int) -> None:
+    """Refuse a call whose ``T`` and ``B`` look swapped against the states the layers hold.
+
+    Looked at only where every live state has the rank of one step of ``xs`` with a batch
+    dimension first (rank >= 2, the neurons elsewhere) and all agree on its size ``B``: then ``xs`` (time-first here) of ``[B, T', ...]``
+    with ``T' != B`` cannot be the next sequence of that batch, but is one read the wrong way round.
+    """
+    if xs.dim() < 3:
+        return
+    sizes = set()
+    for layer in layers:
+        for n in layer.state_names:
+            t = layer.__dict__.get(n)
+            if t is None:
+                continue
+            if t.dim() != xs.dim() - 1 or layer.dim % t.dim() == 0:
+                return  # another rank (a batch without a time axis, a flattening model): not for this check
+            sizes.add(t.shape[0])
+    if len(sizes) != 1:
+        return
+    (batch,) = sizes
+    T, B = xs.shape[:2]
+    if T == batch and B != batch:
+        given = "[B, T, ...] with time_dim=1" if time_dim else "[T, B, ...] (time_dim=0, the default)"
+        other = "time_dim=0 (the default) for [T, B, ...]" if time_dim else "time_dim=1 for batch-first [B, T, ...]"
+        raise ValueError(
+            f"run: the hidden states hold a batch of {batch}, and xs read as {given} is {T} steps of a batch of "
+            f"{B}: T and B look swapped (the shape matches the states only the other way round). Pass {other} "
+            "data; if this really is a new batch size, call zero_states() first"
+        )
+
+
+def time_first(owner: str, xs: Any, time_dim: Any) -> torch.Tensor:
+    """``xs`` with time first: itself for ``time_dim=0``, a transposed view for ``1`` (checked)."""
+    if isinstance(time_dim, bool) or time_dim not in (0, 1):
+        raise ValueError(
+            f"{owner}: time_dim must be 0 (xs [T, B, ...], the default) or 1 (batch-first [B, T, ...]), "
+            f"received {time_dim!r}"
+        )
+    if time_dim == 0:
+        return xs
+    if not isinstance(xs, torch.Tensor) or xs.dim() < 2:
+        raise ValueError(
+            f"{owner}: time_dim=1 needs xs of at least 2 dims [B, T, ...], received "
+            f"{list(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__}"
+        )
+    return xs.transpose(0, 1)
+
+
+FREED_GRAPH_HINT = (
+    "run: the hidden states still hang on the autograd graph of an earlier call whose backward has already "
+    "run (its saved tensors are freed), so a backward through this call will fail with torch's 'Trying to "
+    "backward through the graph a second time ... Specify retain_graph=True'. retain_graph=True is not the fix: "
+    "call model.zero_states() (tt.state.zero_states(net)) before a new sequence, or model.detach_states() "
+    "(tt.state.detach_states(net)) to go on with the same sequence without backpropagating into the last "
+    "one (truncated BPTT)"
+)
+
+_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _freed(node: Any, budget: int = 32) -> bool:
+    """Whether the graph behind ``node`` has had its saved tensors freed (by a backward without
+    ``retain_graph``): the nearest of its first ``budget`` nodes that saves anything tells."""
+    stack, seen = [node], set()
+    while stack and budget:
+        n = stack.pop()
+        if n is None or id(n) in seen:
+            continue
+        budget -= 1
+        seen.add(id(n))
+        names = _SAVED_NAMES.get(type(n))
+        if names is None:
+            names = _SAVED_NAMES[type(n)] = tuple(a for a in dir(n) if a.startswith("_saved_") or a == "saved_tensors")
+        holds = False
+        try:
+            for a in names:
+                v = getattr(n, a)
+                holds = (
+                    holds
+                    or isinstance(v, torch.Tensor)
+                    or (isinstance(v, tuple) and any(isinstance(e, torch.Tensor) for e in v))
+                )
+        except RuntimeError as err:  # freed, or modified in place since (another problem, torch's message fits)
+            return "freed" in str(err)
+        if holds:  # the nearest node that saves a tensor decides: a backward frees the graph it ran through
+            return False
+        stack.extend(f for f, _ in n.next_functions)
+    return False
+
+
+def _warn_freed_graph(layers: list[TTLayer]) -> None:
+    """Warn (:data:`FREED_GRAPH_HINT`) where a state still holds a graph that a backward has freed.
+
+    Costs a loop over the layers where states are ``None`` or detached (after ``zero_states()`` /
+    ``detach_states()``, the usual loop); only states that carry a graph are looked into.
+    """
+    for layer in layers:
+        for n in layer.state_names:
+            t = layer.__dict__.get(n)
+            if t is not None and t.grad_fn is not None:
+                if _freed(t.grad_fn):
+                    warnings.warn(FREED_GRAPH_HINT, UserWarning, stacklevel=_user_level())
+                    return
+                break
+
+
+def _user_level() -> int:
+    """The ``stacklevel`` of the first frame outside tracetorch (the user's call), for a warning."""
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(root + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 def _insist(model: nn.Module, steps: list[tuple[str, nn.Module]] | None) -> None:
     """``fast=True``: every neuron layer must run its time loop (a fused kernel); one that would run
     step by step is refused, saying why, before anything runs."""

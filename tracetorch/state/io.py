@@ -29,6 +29,7 @@ from typing import Any, NamedTuple, Union
 import torch
 from torch import nn
 
+from .._keywords import keywords
 from .tree import flatten, get_states, named_layers
 
 __all__ = ["save_states", "load_states", "LoadResult", "FORMAT", "FORMAT_VERSION", "METADATA_KEY"]
@@ -101,6 +102,7 @@ def _atomic_write(path: Path, write) -> None:
     _fsync(parent, directory=True)
 
 
+@keywords
 def save_states(model: nn.Module, path: PathLike | None = None) -> dict[str, torch.Tensor]:
     """Detached copies of every hidden state as ``{"net.1.mem": tensor}``; written to ``path`` if given.
 
@@ -195,6 +197,7 @@ def _read(src: Union[PathLike, dict]) -> tuple[Any, dict[str, dict[str, Any]] | 
     raise ValueError(f"{where}: path must end in .pt or .safetensors")
 
 
+@keywords
 def load_states(model: nn.Module, src: Union[PathLike, dict], strict: bool = True) -> LoadResult:
     """Load hidden states saved by :func:`save_states` (a path or a ``{"net.1.mem": tensor}`` dict).
 

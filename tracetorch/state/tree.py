@@ -20,6 +20,8 @@ import optree
 import torch
 from torch import nn
 
+from .._keywords import keywords
+
 __all__ = [
     "NAMESPACE",
     "named_layers",
@@ -96,6 +98,7 @@ def get_states(model: nn.Module) -> dict[str, Any]:
     return {path: layer.state for path, layer in named_layers(model)}
 
 
+@keywords
 def set_states(model: nn.Module, tree: dict[str, Any], strict: bool = True) -> None:
     """Put a state tree (as from :func:`get_states`) back into ``model``.
 
@@ -155,6 +158,7 @@ def detach(tree: Any) -> Any:
     return map(torch.Tensor.detach, tree)
 
 
+@keywords
 def stack(trees: list[Any], dim: int = 0) -> Any:
     """Stack trees of one structure leaf by leaf (e.g. the states of a population of models)."""
     return optree.tree_map(lambda *ts: torch.stack(ts, dim), *trees, namespace=NAMESPACE)

@@ -36,6 +36,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ..neurons import NeuronSpec, _broadcasts_to
+from .context import tracing
 from .cpu import BuildError, cache_dir
 from .custom import custom_reason, custom_scan, explain
 from .ops import DoubleBackwardError, get_kernel, kernel_scan, spike_tag
@@ -56,6 +57,7 @@ __all__ = [
     "DoubleBackwardError",
     "warn_no_compiler",
     "prebuild",
+    "tracing",
 ]
 
 
@@ -201,12 +203,16 @@ def prebuild(spec: Any, spike_fn: Any, quant_fn: Any, dtype: torch.dtype) -> boo
 
 
 def warn_no_compiler(reason: str) -> None:
-    """Warn once per process that the kernels cannot be built here and the plain loop runs."""
+    """Warn once per process that the kernels cannot be built here and the plain loop runs.
+
+    ``reason`` is the whole :class:`BuildError` message (a failing compiler's own error included).
+    """
     if not _NO_COMPILER_WARNED.is_set():
         _NO_COMPILER_WARNED.set()
         warnings.warn(
-            f"tracetorch: {reason}; sequences run the plain step loop (correct, slower). "
-            "Install a C compiler for the fused kernels, or pass fast=False to silence this.",
+            "tracetorch: the fused kernels cannot run here; sequences run the plain step loop (correct, "
+            "slower). Install a working C compiler for the fused kernels, or pass fast=False to silence "
+            f"this. The cause: {reason}",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -25,8 +25,10 @@ kernel's own sigmoid, so it equals rounding that sigmoid for every ``a`` and cos
 Build: ``$TRACETORCH_CC``, else ``$CC``, else the first of ``cc``, ``gcc``, ``clang`` on PATH; with
 ``-fopenmp`` where the compiler links it (else single-threaded). Libraries land in
 ``$TRACETORCH_CACHE_DIR`` (default ``$XDG_CACHE_HOME/tracetorch`` or ``~/.cache/tracetorch``), named
-by a hash of the source, flags, compiler version and CPU, written to a temporary file and renamed
-into place, so two processes building the same kernel at once never see half a file.
+by a hash of the source, flags, compiler version and CPU, built in a private temporary directory
+and renamed into place, so two processes building the same kernel at once never see half a file.
+What is checked before a library is loaded (owner and mode of the directory and the files, the
+size and SHA-256 recorded at the build) is in :mod:`.cache`.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
+from . import cache
 from .codegen import Dialect, backward_lines, forward_lines
 from .trace import Adjoint, Traced
 
@@ -50,6 +52,7 @@ __all__ = [
     "compiler",
     "cache_dir",
     "load",
+    "library_name",
     "BuildError",
     "threads_for",
     "chunk_steps",
@@ -81,12 +84,16 @@ def threads_for(T: int, S: int, real: str) -> int:
     """OpenMP threads for a call: torch's intra-op count, fewer when there is too little work to share.
 
     A thread gets whole blocks of elements, and starting one costs about as much as a few tens of
-    thousands of neuron-steps, so small calls (the per-step case) run on one thread.
+    thousands of neuron-steps, so small calls (the per-step case) run on one thread. One thread in
+    a child forked after the kernels ran multi-threaded (:func:`.cache.forked_child_threads`).
+    Called right before each kernel call, whose thread it notes.
     """
     import torch
 
     blocks = -(-S // BLOCK[real])
-    return max(1, min(torch.get_num_threads(), blocks, (T * S) >> 15))
+    n = cache.forked_child_threads(max(1, min(torch.get_num_threads(), blocks, (T * S) >> 15)))
+    cache.ran_parallel(n)
+    return n
 
 
 class BuildError(RuntimeError):
@@ -369,12 +376,12 @@ def c_source(tr: Traced, adj: Adjoint | None, quant: str, real: str, part: str =
 
 
 def cache_dir() -> Path:
-    """Where built kernels are kept: ``$TRACETORCH_CACHE_DIR``, else the user's cache directory."""
-    env = os.environ.get("TRACETORCH_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tracetorch"
+    """Where built kernels are kept: ``$TRACETORCH_CACHE_DIR``, else the user's cache directory.
+
+    Before any load the directory is checked (:func:`.cache.directory`); one others can write to
+    or another user owns is refused, with a warning, for a private temporary one.
+    """
+    return cache.configured_dir()
 
 
 class Compiler:
@@ -397,7 +404,7 @@ class Compiler:
 
 
 _COMPILER: dict[str, Compiler | BuildError] = {}
-_LOCK = threading.Lock()
+_LOCK = cache.ForkSafeLock()
 
 
 def _find_compiler() -> str | None:
@@ -441,56 +448,93 @@ def _cpu_tag() -> str:
 
 
 _LOADED: dict[str, ctypes.CDLL] = {}
-# one lock per library being built or loaded, so different libraries build at the same time
-_BUILDING: dict[str, threading.Lock] = {}
+# one lock per library being built or loaded, so different libraries build at the same time; keyed
+# by process too: a child made by os.fork while a build ran would inherit that lock held for ever
+_BUILDING: dict[tuple[int, str], cache.ForkSafeLock] = {}
+
+
+def _compile(cc: Compiler, c_path: Path, so_path: Path) -> None:
+    """Run the compiler; on the first build, without OpenMP if it fails with it. ``BuildError``
+    with the compiler's own message (its first 3000 and last 1000 characters) if it fails."""
+    deciding = cc.openmp is None  # (two first builds may run at once: each decides for itself)
+    while True:
+        cmd = [cc.path, *cc.flags(), str(c_path), "-o", str(so_path), "-lm"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as err:
+            raise BuildError(f"building a tracetorch kernel with {cc.path} failed: {err}") from None
+        if out.returncode == 0:
+            if cc.openmp is None:
+                cc.openmp = True
+            return
+        if deciding and "-fopenmp" in cmd:  # first build: maybe the compiler has no OpenMP runtime; try without
+            cc.openmp = False
+            continue
+        message = (out.stderr or out.stdout).strip()
+        if len(message) > 4000:  # the first errors say most; the last lines how it ended
+            message = message[:3000] + "\n[...]\n" + message[-1000:]
+        raise BuildError(
+            f"building a tracetorch kernel with {cc.path} failed (exit status {out.returncode}):\n{message}"
+        )
 
 
 def _build(cc: Compiler, source: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, c_path = tempfile.mkstemp(suffix=".c", prefix=target.stem + ".", dir=target.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(source)
-    so_tmp = c_path[:-2] + ".so"
-    deciding = cc.openmp is None  # (two first builds may run at once: each decides for itself)
+    """Build ``source`` into ``target`` with its record (see :mod:`.cache`); in a private
+    temporary directory beside it, under fixed names (so the same build gives the same bytes)."""
     try:
-        while True:
-            cmd = [cc.path, *cc.flags(), c_path, "-o", so_tmp, "-lm"]
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if out.returncode == 0:
-                if cc.openmp is None:
-                    cc.openmp = True
-                break
-            if deciding and "-fopenmp" in cmd:  # first build: maybe the compiler has no OpenMP runtime; try without
-                cc.openmp = False
-                continue
-            raise BuildError(f"building a tracetorch kernel with {cc.path} failed:\n{out.stderr[-2000:]}")
-        os.replace(so_tmp, target)
+        work = Path(tempfile.mkdtemp(prefix=target.stem + ".", suffix=".build", dir=target.parent))
+    except OSError as err:
+        raise BuildError(f"cannot build a tracetorch kernel in {str(target.parent)!r}: {err}") from None
+    try:
+        c_path, so_path = work / (target.stem + ".c"), work / target.name
+        c_path.write_text(source)
+        _compile(cc, c_path, so_path)
+        cache.store(so_path, target)
+    except OSError as err:
+        raise BuildError(f"cannot write a tracetorch kernel into {str(target.parent)!r}: {err}") from None
     finally:
-        for p in (c_path, so_tmp):
-            if os.path.exists(p):
-                os.unlink(p)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def library_name(source: str) -> str:
+    """The cache file name of ``source``'s library, ``tt_<hash>.so``: the hash of the source, the
+    flags, the compiler's version and the CPU (``BuildError`` without a compiler)."""
+    cc = compiler()
+    key = "\0".join([source, " ".join(cc.base_flags), cc.version, _cpu_tag()])
+    return f"tt_{hashlib.sha256(key.encode()).hexdigest()[:32]}.so"
 
 
 def load(source: str) -> ctypes.CDLL:
-    """The built library of ``source``: from this process's memory, the disk cache, or a fresh build."""
-    cc = compiler()
-    digest = hashlib.sha256("\0".join([source, " ".join(cc.base_flags), cc.version, _cpu_tag()]).encode()).hexdigest()[
-        :32
-    ]
+    """The built library of ``source``: from this process's memory, the disk cache, or a fresh build.
+
+    A cached library is loaded only after the checks of :mod:`.cache` (a private directory, a
+    private file, the size and SHA-256 recorded at its build); a bad entry is rebuilt.
+    """
+    cc = compiler()  # (takes _LOCK itself)
+    digest = library_name(source)[3:-3]
     with _LOCK:
         lib = _LOADED.get(digest)
         if lib is not None:
             return lib
-        building = _BUILDING.setdefault(digest, threading.Lock())
+        key = (os.getpid(), digest)
+        building = _BUILDING.get(key) or _BUILDING.setdefault(key, cache.ForkSafeLock())
     with building:  # another thread building this same library: wait for it, then take its result
         with _LOCK:
             lib = _LOADED.get(digest)
         if lib is not None:
             return lib
-        target = cache_dir() / f"tt_{digest}.so"
-        if not target.exists():
+        try:
+            target = cache.directory() / f"tt_{digest}.so"
+        except OSError as err:
+            raise BuildError(f"no directory to build tracetorch kernels in: {err}") from None
+        if cache.open_entry(target) is None:  # missing, or bad: (re)built, never loaded
             _build(cc, source, target)
-        lib = ctypes.CDLL(str(target))
+            if cache.open_entry(target) is None:
+                raise BuildError(f"the tracetorch kernel just built at {str(target)!r} fails its checks")
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError as err:
+            raise BuildError(f"the tracetorch kernel {str(target)!r} does not load: {err}") from None
         with _LOCK:
             _LOADED[digest] = lib
         return lib

@@ -34,6 +34,7 @@ from typing import Any
 import optree
 import torch
 
+from .context import tracing
 from .trace import Traced, TraceError, adjoint, graph_key, trace_custom
 
 __all__ = ["explain", "custom_reason", "custom_scan", "registered", "trace_stats"]
@@ -261,7 +262,7 @@ def _tensor_reason(params: list[Any], state: list[Any], xs: torch.Tensor) -> str
         return f"params, state and xs must be plain tensors, received a {type(bad).__name__}"
     if torch._C._are_functorch_transforms_active():
         return "a custom step's kernel does not run under torch.func transforms (vmap, grad, ...); the plain loop does"
-    if torch.compiler.is_compiling():
+    if tracing():  # this call's own fact (torch.compiler.is_compiling() is True in every thread)
         return "under torch.compile a custom step runs as the plain loop (which the compiler fuses)"
     if xs.dim() < 2:
         return "xs must be [T, ..., N]"

@@ -35,15 +35,15 @@ import importlib.util
 import os
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
 
+from .cache import ForkSafeLock
+from .cache import directory as cache_directory
 from .codegen import Dialect, backward_lines, forward_lines
-from .cpu import cache_dir
 from .trace import Adjoint, Traced
 
 __all__ = ["triton_source", "load", "forward", "backward", "interpreting"]
@@ -308,7 +308,7 @@ def triton_source(tr: Traced, adj: Adjoint, quant: str, storage: str, interpret:
 
 # ---- loading ------------------------------------------------------------------------------------
 
-_LOCK = threading.Lock()
+_LOCK = ForkSafeLock()  # released again in a forked child
 _LOADED: dict[str, ModuleType] = {}
 
 
@@ -318,9 +318,8 @@ def _import(source: str) -> ModuleType:
         mod = _LOADED.get(digest)
         if mod is not None:
             return mod
-        target = cache_dir() / f"tt_triton_{digest}.py"
+        target = cache_directory() / f"tt_triton_{digest}.py"  # a checked, private directory
         if not target.exists() or target.read_text() != source:
-            target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".py", prefix=target.stem + ".", dir=target.parent)
             with os.fdopen(fd, "w") as f:
                 f.write(source)
