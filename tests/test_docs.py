@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SKIP = "<!-- docs-test: skip -->"
 PAGES = sorted(p.relative_to(ROOT).as_posix() for p in DOCS.rglob("*.md")) + ["README.md"]
+#: pages whose code needs an optional extra (CI installs it): skipped, saying so, without it
+NEEDS = {"docs/tutorials/events.md": "tonic"}
 #: pages whose blocks train something for a few seconds
 SLOW = {"docs/tutorials/digits.md", "docs/tutorials/sequential_digits.md", "docs/tutorials/populations.md"}
 
@@ -62,6 +64,8 @@ def test_few_blocks_are_skipped():
     "page", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p for p in PAGES]
 )
 def test_page_code_runs(page, tmp_path, monkeypatch):
+    if page in NEEDS:
+        pytest.importorskip(NEEDS[page], reason=f"{page} needs the optional {NEEDS[page]!r} extra")
     blocks = python_blocks((ROOT / page).read_text())
     runnable = [(line, code) for line, code, skipped in blocks if not skipped]
     if not runnable:
