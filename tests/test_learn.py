@@ -294,6 +294,45 @@ def test_bad_models_and_arguments():
         step_jacobian(F.lib_step, F.init_params("LIB", 2), F.init_state("LIB", torch.zeros(1, 2)), torch.zeros(1, 2), mode="x")
 
 
+class MixingLI(tt.TTLayer):
+    """A user's leaky integrator that (wrongly for e-prop) reads the mean membrane of all neurons."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.register_decay("beta", 0.85)
+        self.register_state("mem")
+
+    def step(self, params, state, x):
+        mem = params.beta * state.mem + x + 0.5 * state.mem.mean(-1, keepdim=True)
+        return mem, state._replace(mem=mem)
+
+
+def test_eprop_refuses_a_step_that_mixes_neurons():
+    """Its eligibility traces would hold only the diagonal: refused on the first step, not silently wrong."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 5), MixingLI(5), nn.Linear(5, 2)).to(D)
+    xs, loss_fn = _task(T=3)
+    with pytest.raises(ValueError, match="not elementwise across neurons"):
+        EProp(net).run(xs, loss_fn)
+
+    def mixing_step(params, state, x):
+        mem = params["beta"] * state[0] + x.flip(-1)
+        return mem, (mem,)
+
+    x = torch.randn(2, 5, dtype=D)
+    with pytest.raises(ValueError, match="not elementwise"):
+        step_jacobian(mixing_step, {"beta": torch.tensor(0.9, dtype=D)}, (torch.zeros_like(x),), x, check=True)
+    # an elementwise step passes the check, which leaves the global random stream alone
+    params, state = F.init_params("LI", 5, dtype=D), F.init_state("LI", x)
+    torch.manual_seed(3)
+    y, _, jac = step_jacobian(F.li_step, params, state, x, check=True)
+    after_check = torch.rand(3)
+    torch.manual_seed(3)
+    y2, _, jac2 = step_jacobian(F.li_step, params, state, x)
+    torch.testing.assert_close(torch.rand(3), after_check)
+    torch.testing.assert_close(jac.dy_dx, jac2.dy_dx)
+
+
 # ---- memory flat in T ------------------------------------------------------------------------------
 
 

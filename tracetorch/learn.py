@@ -73,6 +73,7 @@ def step_jacobian(
     x: torch.Tensor,
     *,
     mode: str = "reverse",
+    check: bool = False,
     **step_kwargs: Any,
 ) -> tuple[torch.Tensor, Any, StepJacobian]:
     """One step and its per-neuron Jacobian: ``(y, new_state, StepJacobian)``, by AD of the step.
@@ -95,6 +96,10 @@ def step_jacobian(
         params: its params pytree (tensors ``[]`` or broadcasting to ``x``).
         state: its state pytree (``K`` tensors shaped like ``x``).
         x: one step's input ``[..., N]``.
+        check: also verify that the step is elementwise (one more backward with a random
+            cotangent per output, compared with the diagonal; ``mode="reverse"`` only); a step that
+            mixes neurons raises ``ValueError`` instead of returning a Jacobian that is not its own.
+            The online rules check each layer's step once, on its first step.
     """
     if mode not in ("forward", "reverse"):
         raise ValueError(f"step_jacobian: mode must be 'forward' or 'reverse', received {mode!r}")
@@ -144,8 +149,10 @@ def step_jacobian(
                 if not o.requires_grad:
                     rows.append(x.new_zeros(len(inputs), *shape))
                     continue
-                gs = torch.autograd.grad(o, inputs, ones, retain_graph=j < len(outs) - 1, allow_unused=True)
+                gs = torch.autograd.grad(o, inputs, ones, retain_graph=check or j < len(outs) - 1, allow_unused=True)
                 rows.append(torch.stack([torch.zeros_like(ones) if g is None else g for g in gs]))
+                if check:
+                    _check_diagonal(step, o, inputs, rows[-1], retain=j < len(outs) - 1)
     dy, ds = rows[0], (torch.stack(rows[1:]) if k else x.new_zeros(0, len(rows[0]), *shape))
     jac = StepJacobian(
         dy_ds=dy[:k],
@@ -158,6 +165,29 @@ def step_jacobian(
     return y, tree_unflatten(new_leaves, s_spec), jac
 
 
+def _check_diagonal(
+    step: Callable[..., Any], out: torch.Tensor, inputs: list[torch.Tensor], diag: torch.Tensor, retain: bool
+) -> None:
+    """Raise if ``out``'s Jacobian is not diagonal across elements: for an elementwise step,
+    ``J^T v`` equals ``diag * v`` for every cotangent ``v``; a random ``v`` tells them apart."""
+    # a private generator: the check must not move the user's random stream
+    gen = torch.Generator(device=out.device).manual_seed(0)
+    v = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
+    gs = torch.autograd.grad(out, inputs, v, retain_graph=retain, allow_unused=True)
+    for g, d in zip(gs, diag):
+        if g is None:
+            continue
+        expected = d * v
+        scale = expected.abs().max().clamp_min(1.0)
+        if not bool(((g - expected).abs().max() <= 1e-4 * scale).item()):
+            name = getattr(step, "__qualname__", type(step).__name__)
+            raise ValueError(
+                f"step_jacobian: the step {name} is not elementwise across neurons (an output depends on "
+                "another neuron's input or state: a matmul, a reduction or indexing inside the step); the "
+                "online rules' eligibility traces hold only per-neuron derivatives and would be wrong for it"
+            )
+
+
 # ---- the feed-forward stack both rules wrap ------------------------------------------------------
 
 
@@ -168,6 +198,7 @@ class _Block:
         self.linear, self.layer, self.path = linear, layer, path
         self.traces: Any = None
         self.version: int | None = None
+        self.checked = False  # whether the layer's step was checked to be elementwise
 
     def states_changed(self) -> bool:
         """Whether the layer's states were changed from outside since the rule last wrote them."""
@@ -403,7 +434,9 @@ class EProp(_OnlineRule):
         p_leaves, p_spec = tree_flatten(params)
         with torch.no_grad():
             p_det = tree_unflatten([p.detach() for p in p_leaves], p_spec)
-            y, new_state, jac = step_jacobian(layer.step, p_det, layer.state, i_val, mode=self.jacobian)
+            check = self.jacobian == "reverse" and not b.checked
+            y, new_state, jac = step_jacobian(layer.step, p_det, layer.state, i_val, mode=self.jacobian, check=check)
+            b.checked = b.checked or check
             pre = None if lin is None else h2.detach().to(i_val.dtype)
             elig = self._eligibility(b, jac, pre, len(p_leaves))
         b.put(new_state)
