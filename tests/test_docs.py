@@ -71,7 +71,9 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
     if not runnable:
         pytest.skip(f"{page} has no Python block to run")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("tempfile.mkdtemp", lambda *a, **k: str(tmp_path))
+    # temporary files the page makes land under tmp_path; mkdtemp itself stays real, since the
+    # kernel build makes (and removes) its own private directory with it
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     threads, rng = torch.get_num_threads(), torch.get_rng_state()

@@ -160,6 +160,20 @@ def kernel_reason(
         return "params, state and xs must be plain tensors"
     if xs.dim() < 2:
         return "xs must be [T, ..., N]"
+    why = _device_reason(tensors, xs)
+    if why:
+        return why
+    shape = xs.shape[1:]
+    if any(t.shape != shape for t in state):
+        return "every state field must have the shape of one step of xs"
+    if not all(_broadcasts_to(p.shape, shape) for p in params):  # (torch.broadcast_shapes: 30 us a call)
+        return "params must broadcast to one step of xs"
+    return None
+
+
+def _device_reason(tensors: list[torch.Tensor], xs: torch.Tensor) -> str | None:
+    """Why tensors of this dtype and device get no kernel (a sentence), or ``None``; built-in and
+    custom steps share it. ``tensors`` must all have ``xs``'s dtype and device."""
     if any(t.dtype != xs.dtype or t.device != xs.device for t in tensors):
         return "params, state and xs must share one dtype and device"
     if xs.device.type == "cpu":
@@ -168,16 +182,9 @@ def kernel_reason(
     elif xs.device.type == "cuda":
         if xs.dtype not in _GPU_DTYPES:
             return f"the GPU kernels take float16, bfloat16, float32 and float64, not {xs.dtype}"
-        why = _gpu_ready()
-        if why:
-            return why
+        return _gpu_ready()
     else:
         return f"no kernels for device {xs.device.type!r}"
-    shape = xs.shape[1:]
-    if any(t.shape != shape for t in state):
-        return "every state field must have the shape of one step of xs"
-    if not all(_broadcasts_to(p.shape, shape) for p in params):  # (torch.broadcast_shapes: 30 us a call)
-        return "params must broadcast to one step of xs"
     return None
 
 

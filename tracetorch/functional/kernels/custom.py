@@ -40,8 +40,6 @@ from .trace import Traced, TraceError, adjoint, graph_key, trace_custom
 __all__ = ["explain", "custom_reason", "custom_scan", "registered", "trace_stats"]
 
 NAMESPACE = "tracetorch"
-_CPU_DTYPES = (torch.float32, torch.float64)
-_GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 _ATOMS = (bool, int, float, complex, str, bytes, types.ModuleType, types.BuiltinFunctionType)
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -266,21 +264,12 @@ def _tensor_reason(params: list[Any], state: list[Any], xs: torch.Tensor) -> str
         return "under torch.compile a custom step runs as the plain loop (which the compiler fuses)"
     if xs.dim() < 2:
         return "xs must be [T, ..., N]"
-    if any(t.dtype != xs.dtype or t.device != xs.device for t in tensors):
-        return "params, state and xs must share one dtype and device"
-    if xs.device.type == "cpu":
-        if xs.dtype not in _CPU_DTYPES:
-            return f"the CPU kernels take float32 and float64, not {xs.dtype}"
-    elif xs.device.type == "cuda":
-        if xs.dtype not in _GPU_DTYPES:
-            return f"the GPU kernels take float16, bfloat16, float32 and float64, not {xs.dtype}"
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "CUDA tensors need Triton (it ships with torch's CUDA builds)"
-    else:
-        return f"no kernels for device {xs.device.type!r}"
     from ..neurons import _broadcasts_to
+    from . import _device_reason
+
+    why = _device_reason(tensors, xs)
+    if why:
+        return why
 
     shape = xs.shape[1:]
     for t in state:
