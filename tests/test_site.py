@@ -20,6 +20,11 @@ from pathlib import Path
 
 import pytest
 
+# the site needs the docs extra (MkDocs, Material, pymdown-extensions, the shipped MathJax); the test
+# command of the README installs only the test extra, .ci/run installs both
+for _module in ("mkdocs", "material", "pymdownx", "mathjax"):
+    pytest.importorskip(_module, reason=f"the site check needs the docs extra ({_module!r} missing): pip install -e '.[docs]'")
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "_artifacts"
 BROWSER = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
